@@ -1,0 +1,428 @@
+"""Judging pairs of sources element by element, and naming the odd one out.
+
+The comparison sees only `Estimates` on `Probes`; it never asks which source is
+hand-written, traced or differenced, except to pick the more trusted side of a pair
+as the reference magnitude and to know which side may be unreliable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from ._paths import LeafLayout
+from ._report import Element, KinkNote, LeafReport, PairResult
+from ._sources import Estimates, Probes, Source
+from ._tolerance import Tolerance
+
+# Finite differences whose own error estimate exceeds this fraction of the value's
+# scale are too rough to judge anything with.
+_MAX_FD_ERROR_FRACTION = 0.1
+# A kink is reported when the one-sided slopes depart from smooth behaviour by more
+# than this many times the finite-difference error estimate (and the tolerance).
+_KINK_NOISE_FACTOR = 3.0
+_LISTED = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class PairJudgement:
+    """Per-probe outcome of comparing two sources on one probe set."""
+
+    pair: str
+    probes: Probes
+    leaf: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    reference: np.ndarray
+    diff: np.ndarray
+    tol: np.ndarray
+    unreliable: np.ndarray
+    mismatch: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class FdReliability:
+    """Where finite differences can be trusted, on the finite-difference probes."""
+
+    unreliable: np.ndarray
+    kink: np.ndarray
+
+
+def leaf_scales(
+    layout: LeafLayout,
+    sources: dict[str, Source],
+    fd_probes: Probes,
+    fd: Estimates | None,
+) -> np.ndarray:
+    """The magnitude of the gradient on each leaf, from the most trusted source."""
+    scales = np.zeros(len(layout.paths))
+    trusted = sources.get("autodiff")
+    if trusted is not None and trusted.available and trusted.gradient is not None:
+        for leaf, part in enumerate(layout.split(np.abs(trusted.gradient))):
+            scales[leaf] = np.max(part[np.isfinite(part)], initial=0.0)
+    elif fd is not None:
+        leaf_of = fd_probes.leaf_numbers(layout)
+        coordinate = np.arange(fd_probes.count) < fd_probes.coordinates.size
+        for leaf in range(len(layout.paths)):
+            values = np.abs(fd.values[(leaf_of == leaf) & coordinate])
+            scales[leaf] = np.max(values[np.isfinite(values)], initial=0.0)
+    # A leaf whose gradient is exactly zero borrows a small share of the largest
+    # leaf's scale, so that rounding-level values there are not judged as errors.
+    overall = scales.max(initial=0.0)
+    return np.maximum(scales, 1e-3 * overall)
+
+
+def probe_floor(
+    probes: Probes, layout: LeafLayout, scales: np.ndarray, tolerance: Tolerance
+) -> np.ndarray:
+    """`floor_fraction * leaf_scale`, times `sum(|v|)` for a dense direction."""
+    leaf = probes.leaf_numbers(layout)
+    width = np.concatenate(
+        [np.ones(probes.coordinates.size), np.abs(probes.vectors).sum(axis=1)]
+    )
+    return tolerance.floor_fraction * scales[leaf] * width
+
+
+def fd_reliability(
+    fd: Estimates, reference: np.ndarray, floor: np.ndarray, core_tol: np.ndarray
+) -> FdReliability:
+    """Mark finite differences that cannot be trusted: kinks and rough estimates."""
+    finite = np.isfinite(fd.values) & np.isfinite(fd.noise)
+    kink = finite & (fd.kink > np.maximum(_KINK_NOISE_FACTOR * fd.noise, core_tol))
+    scale = np.maximum(np.abs(reference), floor)
+    rough = finite & (fd.noise > _MAX_FD_ERROR_FRACTION * scale)
+    return FdReliability(unreliable=~finite | kink | rough, kink=kink)
+
+
+def judge_pair(
+    pair: str,
+    probes: Probes,
+    layout: LeafLayout,
+    first: Estimates,
+    second: Estimates,
+    reference: np.ndarray,
+    rtol: float,
+    tolerance: Tolerance,
+    floor: np.ndarray,
+    unreliable: np.ndarray,
+    excused: np.ndarray | None = None,
+) -> PairJudgement:
+    """Apply the tolerance rule (see `_tolerance`) to every probe of one pair."""
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(first.values - second.values)
+        tol = (
+            tolerance.atol
+            + rtol * (np.abs(reference) + floor)
+            + first.noise
+            + second.noise
+        )
+        finite = np.isfinite(first.values) & np.isfinite(second.values)
+        mismatch = ~unreliable & (~finite | (diff > tol))
+    if excused is not None:
+        mismatch &= ~excused
+    return PairJudgement(
+        pair,
+        probes,
+        probes.leaf_numbers(layout),
+        first.values,
+        second.values,
+        reference,
+        diff,
+        tol,
+        unreliable,
+        mismatch,
+    )
+
+
+def kink_choice(value: float, left: float, right: float, slack: float) -> str:
+    """Describe a gradient value at a kink relative to the one-sided slopes."""
+    if not np.isfinite(value):
+        return "not finite"
+    if abs(value - left) <= slack and abs(value - right) <= slack:
+        return "both slopes (they agree)"
+    if abs(value - left) <= slack:
+        return "the left slope"
+    if abs(value - right) <= slack:
+        return "the right slope"
+    if min(left, right) - slack <= value <= max(left, right) + slack:
+        return "between the slopes"
+    return "outside the one-sided slopes: not a valid choice"
+
+
+def is_valid_choice(
+    value: np.ndarray, left: np.ndarray, right: np.ndarray, slack: np.ndarray
+) -> np.ndarray:
+    low, high = np.minimum(left, right), np.maximum(left, right)
+    return np.isfinite(value) & (value >= low - slack) & (value <= high + slack)
+
+
+OneSidedSlopes = Callable[[np.ndarray], tuple[float, float, float]]
+
+
+def excuse_kinks(
+    manual: Estimates,
+    autodiff: Estimates,
+    fd: Estimates,
+    kink: np.ndarray,
+    disagree: np.ndarray,
+    slack: np.ndarray,
+    coordinate_scale: np.ndarray,
+    one_sided: OneSidedSlopes,
+    size: int,
+    coordinates: np.ndarray,
+) -> tuple[np.ndarray, dict[str, bool]]:
+    """Decide where manual and autodiff may differ because both made a valid choice.
+
+    At a kink there is no single derivative; any value between the one-sided
+    slopes is a defensible choice for one coordinate. Coordinates can share a kink,
+    though (tied maxima): routing the whole gradient to every tied input passes the
+    per-coordinate test and is still wrong. So the coordinates where the two sources
+    disagree are also tested together, along the direction that moves them all at
+    once (each with the sign that orients its kink the same way): a valid gradient's
+    projection on that direction must lie between the one-sided slopes along it.
+
+    Returns:
+        A mask over the probes of the excused disagreements, and for each source
+        whether its choices passed the joint test.
+    """
+    candidates = kink & disagree
+    valid = {
+        "manual": is_valid_choice(manual.values, fd.left, fd.right, slack),
+        "autodiff": is_valid_choice(autodiff.values, fd.left, fd.right, slack),
+    }
+    joint = {"manual": True, "autodiff": True}
+    if not candidates.any():
+        return np.zeros_like(candidates), joint
+
+    positions = np.flatnonzero(candidates)
+    orientation = np.sign(fd.right[positions] - fd.left[positions])
+    orientation[orientation == 0] = 1.0
+    direction = np.zeros(size)
+    direction[coordinates[positions]] = orientation * coordinate_scale[positions]
+    left, right, noise = one_sided(direction)
+    low, high = min(left, right), max(left, right)
+    weights = orientation * coordinate_scale[positions]
+    joint_slack = noise + float(np.abs(weights) @ slack[positions])
+    for name, estimates in (("manual", manual), ("autodiff", autodiff)):
+        projection = float(weights @ estimates.values[positions])
+        joint[name] = low - joint_slack <= projection <= high + joint_slack
+
+    excused = candidates & valid["manual"] & valid["autodiff"]
+    if not (joint["manual"] and joint["autodiff"]):
+        excused[:] = False
+    return excused, joint
+
+
+def summarise(
+    judgement: PairJudgement,
+    leaf_number: int,
+    layout: LeafLayout,
+    element_values: Callable[[int], tuple[float | None, ...]],
+) -> PairResult:
+    """Collapse one pair's per-probe outcome to the figures for one leaf."""
+    on_leaf = judgement.leaf == leaf_number
+    judged = on_leaf & ~judgement.unreliable
+    mismatch = on_leaf & judgement.mismatch
+    compared = int(judged.sum())
+    if not compared:
+        return PairResult(
+            judgement.pair,
+            True,
+            0,
+            0,
+            int((on_leaf & judgement.unreliable).sum()),
+            0.0,
+            0.0,
+            None,
+        )
+    diff = np.where(judged, judgement.diff, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(
+            judgement.diff == 0, 0.0, judgement.diff / np.abs(judgement.reference)
+        )
+        ratio = np.where(judged, judgement.diff / judgement.tol, -np.inf)
+    ratio = np.where(judged & ~np.isfinite(judgement.diff), np.inf, ratio)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    worst = int(np.argmax(ratio))
+    finite_diff = np.where(np.isfinite(diff), diff, -np.inf)
+    max_abs = float(np.max(finite_diff[judged], initial=0.0))
+    finite_rel = relative[judged & np.isfinite(judgement.diff)]
+    max_rel = float(np.max(finite_rel, initial=0.0))
+    if (judged & ~np.isfinite(judgement.diff)).any():
+        max_abs = max_rel = float("inf")
+    return PairResult(
+        pair=judgement.pair,
+        ok=not mismatch.any(),
+        compared=compared,
+        mismatched=int(mismatch.sum()),
+        unreliable=int((on_leaf & judgement.unreliable).sum()),
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        worst=_element(judgement, worst, layout, element_values, relative),
+        mismatched_indices=tuple(
+            _leaf_index(judgement.probes, layout, p)
+            for p in np.flatnonzero(mismatch)[:_LISTED]
+            if p < judgement.probes.coordinates.size
+        ),
+    )
+
+
+def _leaf_index(probes: Probes, layout: LeafLayout, position: int) -> tuple[int, ...]:
+    return layout.leaf_of(int(probes.coordinates[position]))[1]
+
+
+def _element(
+    judgement: PairJudgement,
+    position: int,
+    layout: LeafLayout,
+    element_values: Callable[[int], tuple[float | None, ...]],
+    relative: np.ndarray,
+) -> Element:
+    probes = judgement.probes
+    leaf = int(judgement.leaf[position])
+    if position < probes.coordinates.size:
+        index: tuple[int, ...] | None = _leaf_index(probes, layout, position)
+        direction = None
+    else:
+        index = None
+        dense = position - probes.coordinates.size
+        direction = int(np.sum(probes.vector_leaf[:dense] == leaf))
+    manual, autodiff, fd = element_values(position)
+    return Element(
+        path=layout.paths[leaf],
+        index=index,
+        direction=direction,
+        manual=manual,
+        autodiff=autodiff,
+        fd=fd,
+        abs_error=float(judgement.diff[position]),
+        rel_error=float(relative[position]),
+        tolerance=float(judgement.tol[position]),
+    )
+
+
+_EXPLANATIONS = {
+    "agree": "All available sources agree.",
+    "manual_wrong": (
+        "The hand-written gradient is wrong here: jax.grad and finite differences"
+        " agree with each other and not with it."
+    ),
+    "manual_wrong_vs_fd": (
+        "The hand-written gradient disagrees with finite differences (jax.grad is"
+        " not available to break the tie, but finite differences passed their own"
+        " reliability checks here)."
+    ),
+    "manual_or_autodiff": (
+        "The hand-written gradient and jax.grad disagree; finite differences did not"
+        " look at the disagreeing elements, or could not be trusted there."
+    ),
+    "fd_suspect": (
+        "The hand-written gradient and jax.grad agree, but finite differences"
+        " disagree with both: the loss may not be differentiable here, or a"
+        " `stop_gradient` hides a dependence from jax.grad and the hand-written"
+        " gradient alike."
+    ),
+    "autodiff_suspect": (
+        "The hand-written gradient agrees with finite differences but jax.grad does"
+        " not: look at the JAX side (a `custom_vjp`/`custom_jvp` rule or a"
+        " `stop_gradient` in the loss)."
+    ),
+    "autodiff_vs_fd": (
+        "jax.grad disagrees with finite differences: a `custom_vjp`/`custom_jvp`"
+        " rule or a `stop_gradient` in the loss is the usual cause."
+    ),
+    "all_disagree": "All three sources disagree with each other.",
+    "manual_kink": (
+        "The hand-written gradient makes a choice at a kink that is not a valid"
+        " one-sided derivative (for example the full gradient routed to every tied"
+        " maximum)."
+    ),
+    "nonfinite": "A source produced NaN or Inf.",
+}
+
+
+def leaf_verdict(pairs: dict[str, PairResult], kink_invalid: bool) -> tuple[str, str]:
+    """Name the odd one out on a leaf from which pairs agree."""
+
+    def status(name: str) -> bool | None:
+        result = pairs.get(name)
+        return None if result is None or not result.compared else result.ok
+
+    ma, mf, af = status("manual-autodiff"), status("manual-fd"), status("autodiff-fd")
+    if any(
+        r.worst is not None and not np.isfinite(r.max_abs_error) and not r.ok
+        for r in pairs.values()
+    ):
+        code = "nonfinite"
+    elif all(s in (True, None) for s in (ma, mf, af)):
+        code = "agree"
+    elif ma is False and kink_invalid and af in (True, None) and mf in (True, None):
+        code = "manual_kink"
+    elif ma is False and af in (True, None) and mf is False:
+        code = "manual_wrong"
+    elif ma is False and af is not False and mf is not False:
+        code = "manual_or_autodiff"
+    elif ma is None and mf is False:
+        code = "manual_wrong_vs_fd"
+    elif ma is True:
+        code = "fd_suspect"
+    elif ma is False and mf is True:
+        code = "autodiff_suspect"
+    elif ma is None and af is False:
+        code = "autodiff_vs_fd"
+    else:
+        code = "all_disagree"
+    return code, _EXPLANATIONS[code]
+
+
+def build_leaf(
+    leaf_number: int,
+    layout: LeafLayout,
+    dtype: str,
+    results: dict[str, PairResult],
+    coverage: str,
+    unreliable_indices: tuple[tuple[int, ...], ...],
+    kinks: tuple[KinkNote, ...],
+    kink_invalid: bool,
+) -> LeafReport:
+    verdict, explanation = leaf_verdict(results, kink_invalid)
+    return LeafReport(
+        path=layout.paths[leaf_number],
+        shape=layout.shapes[leaf_number],
+        dtype=dtype,
+        ok=all(r.ok for r in results.values()),
+        pairs=results,
+        verdict=verdict,
+        explanation=explanation,
+        coverage=coverage,
+        unreliable_indices=unreliable_indices[:_LISTED],
+        kinks=kinks[:20],
+    )
+
+
+def total(pair: str, per_leaf: list[PairResult]) -> PairResult:
+    """Combine one pair's leaf results into the figures over all leaves."""
+    if not per_leaf:
+        return PairResult(pair, True, 0, 0, 0, 0.0, 0.0, None)
+    worst_candidates = [r.worst for r in per_leaf if r.worst is not None]
+    worst = max(
+        worst_candidates,
+        key=lambda e: (
+            e.abs_error / max(e.tolerance, 1e-300)
+            if np.isfinite(e.abs_error)
+            else np.inf
+        ),
+        default=None,
+    )
+    return PairResult(
+        pair=pair,
+        ok=all(r.ok for r in per_leaf),
+        compared=sum(r.compared for r in per_leaf),
+        mismatched=sum(r.mismatched for r in per_leaf),
+        unreliable=sum(r.unreliable for r in per_leaf),
+        max_abs_error=max(r.max_abs_error for r in per_leaf),
+        max_rel_error=max(r.max_rel_error for r in per_leaf),
+        worst=worst,
+    )

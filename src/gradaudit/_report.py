@@ -1,0 +1,368 @@
+"""The result of a check: plain data, and renderers for people and machines.
+
+The JSON schema is versioned by `SCHEMA_VERSION`; `docs/report-schema.md` describes
+every field. Renderers return strings and never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+SCHEMA_VERSION = 1
+PAIRS = ("manual-autodiff", "manual-fd", "autodiff-fd")
+
+SOURCE_TITLES = {
+    "manual": "the hand-written gradient",
+    "autodiff": "jax.grad",
+    "fd": "finite differences",
+}
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def _value(value: float | None) -> str:
+    """A gradient value, with enough digits to show a relative 1e-8 difference."""
+    return _number(value, digits=10)
+
+
+def _index_text(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in index) + "]" if index else "[()]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Element:
+    """One compared value, with what every source said about it.
+
+    Attributes:
+        path: the leaf, in `jax.tree_util.keystr` form.
+        index: the element's index within the leaf, or None for a direction.
+        direction: for a random direction, its number within the leaf.
+        manual: the hand-written gradient's value (a projection for a direction).
+        autodiff: `jax.grad`'s value.
+        fd: the finite-difference value, None where it was not computed.
+        abs_error: `|a - b|` for the pair this element belongs to.
+        rel_error: `abs_error / |reference|` (inf when the reference is 0).
+        tolerance: the absolute tolerance that applied.
+    """
+
+    path: str
+    index: tuple[int, ...] | None
+    direction: int | None
+    manual: float | None
+    autodiff: float | None
+    fd: float | None
+    abs_error: float
+    rel_error: float
+    tolerance: float
+
+    def location(self) -> str:
+        if self.index is not None:
+            return f"{self.path} at index {_index_text(self.index)}"
+        return f"{self.path} along random direction {self.direction}"
+
+    def values_text(self) -> str:
+        return (
+            f"manual={_value(self.manual)}, autodiff={_value(self.autodiff)},"
+            f" fd={_value(self.fd)}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PairResult:
+    """How two sources compared, on one leaf or over all leaves.
+
+    Attributes:
+        pair: e.g. `"manual-fd"`.
+        ok: no element disagreed beyond its tolerance.
+        compared: elements and directions judged.
+        mismatched: how many of those disagreed.
+        unreliable: elements left out because finite differences cannot be trusted
+            there (a kink, or an error estimate as large as the value).
+        max_abs_error: the largest `|a - b|` among judged elements.
+        max_rel_error: the largest relative error among judged elements.
+        worst: the element furthest beyond (or closest to) its tolerance.
+        mismatched_indices: element indices that disagreed (the first 100).
+    """
+
+    pair: str
+    ok: bool
+    compared: int
+    mismatched: int
+    unreliable: int
+    max_abs_error: float
+    max_rel_error: float
+    worst: Element | None
+    mismatched_indices: tuple[tuple[int, ...], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class KinkNote:
+    """An element where the loss has a kink, and what each source chose there.
+
+    Attributes:
+        index: the element's index within its leaf.
+        left: the slope from the left.
+        right: the slope from the right.
+        manual: the hand-written value, and `manual_choice` describes it.
+        autodiff: `jax.grad`'s value, and `autodiff_choice` describes it.
+    """
+
+    index: tuple[int, ...]
+    left: float
+    right: float
+    manual: float | None
+    manual_choice: str
+    autodiff: float | None
+    autodiff_choice: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    """Everything about one leaf of `params`.
+
+    Attributes:
+        path: the leaf, in `jax.tree_util.keystr` form.
+        shape: its shape.
+        dtype: its dtype as passed.
+        ok: every pair agrees on it.
+        pairs: one `PairResult` per pair of available sources.
+        verdict: a short code: `"agree"`, `"manual_wrong"`, `"autodiff_suspect"`,
+            `"fd_suspect"`, `"manual_or_autodiff"`, `"all_disagree"` or
+            `"nonfinite"`.
+        explanation: one sentence on what the verdict means here.
+        coverage: which elements finite differences looked at.
+        unreliable_indices: elements where finite differences could not be
+            trusted (the first 100).
+        kinks: elements at a kink, with each source's choice (the first 20).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    ok: bool
+    pairs: dict[str, PairResult]
+    verdict: str
+    explanation: str
+    coverage: str
+    unreliable_indices: tuple[tuple[int, ...], ...] = ()
+    kinks: tuple[KinkNote, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """Whether a source ran, in what precision, and why not if it did not."""
+
+    name: str
+    available: bool
+    dtype: str | None
+    note: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The settings a check actually used (after defaults were resolved)."""
+
+    mode: str
+    method: str
+    step: float | None
+    rtol: float | None
+    atol: float
+    floor_fraction: float
+    noise_ulps: float
+    seed: int
+    reference_precision: str
+    loss_precision: str
+    samples_per_leaf: int | None
+    directions_per_leaf: int | None
+    batch_size: int | None
+    device: str
+    versions: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The outcome of `gradaudit.check`.
+
+    Attributes:
+        ok: True when every compared pair agrees on every leaf (elements where
+            finite differences are unreliable are left out, and say so).
+        leaves: one `LeafReport` per leaf of `params`, in tree order.
+        pairs: one `PairResult` per pair of available sources, over all leaves.
+        sources: one `SourceInfo` per source.
+        settings: what was run.
+        findings: sentences about the check as a whole (precision, kinks, ...).
+    """
+
+    ok: bool
+    leaves: tuple[LeafReport, ...]
+    pairs: dict[str, PairResult]
+    sources: dict[str, SourceInfo]
+    settings: Settings
+    findings: tuple[str, ...] = ()
+
+    def leaf(self, path: str) -> LeafReport:
+        """The `LeafReport` for a `keystr` path such as `"['W1']"`."""
+        for leaf in self.leaves:
+            if leaf.path == path:
+                return leaf
+        known = ", ".join(leaf.path for leaf in self.leaves)
+        raise KeyError(f"No leaf {path!r} in this report; its leaves are {known}.")
+
+    @property
+    def failing_leaves(self) -> tuple[LeafReport, ...]:
+        return tuple(leaf for leaf in self.leaves if not leaf.ok)
+
+    def summary(self) -> str:
+        """A few lines: the verdict, one line per failing leaf, what was covered."""
+        return _render_summary(self)
+
+    def table(self) -> str:
+        """A per-leaf, per-pair table of errors and counts."""
+        return _render_table(self)
+
+    def __str__(self) -> str:
+        return self.summary() + "\n\n" + self.table()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data; see `docs/report-schema.md`."""
+        data = dataclasses.asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return _clean(data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as a JSON string (non-finite numbers become strings)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _clean(value: Any) -> Any:
+    """Make data JSON-safe: tuples to lists, nan/inf to strings."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _render_summary(report: Report) -> str:
+    lines = []
+    failing = report.failing_leaves
+    total = len(report.leaves)
+    if report.ok:
+        compared = ", ".join(
+            f"{name} ({result.compared} compared)"
+            for name, result in report.pairs.items()
+        )
+        lines.append(f"gradaudit: OK. All {total} leaves agree: {compared}.")
+    else:
+        lines.append(f"gradaudit: MISMATCH at {len(failing)} of {total} leaves.")
+        for leaf in failing:
+            lines.append(f"  {leaf.path}: {leaf.explanation}")
+            worst = _worst_failure(leaf)
+            if worst is not None:
+                pair, result = worst
+                element = result.worst
+                assert element is not None
+                counts = "; ".join(
+                    f"{name}: {r.mismatched} of {r.compared} disagree"
+                    for name, r in leaf.pairs.items()
+                    if not r.ok
+                )
+                lines.append(f"    {counts}.")
+                lines.append(
+                    f"    Worst ({pair}) {element.location()}:"
+                    f" {element.values_text()}; |diff| {_number(element.abs_error)}"
+                    f" (relative {_number(element.rel_error)}) against a tolerance"
+                    f" of {_number(element.tolerance)}."
+                )
+    for finding in report.findings:
+        lines.append(f"Note: {finding}")
+    settings = report.settings
+    unavailable = [
+        f"{name} unavailable ({info.note})"
+        for name, info in report.sources.items()
+        if not info.available
+    ]
+    lines.append(
+        f"Checked in {settings.mode} mode with {settings.method} differences,"
+        f" {settings.reference_precision} reference, loss computed in"
+        f" {settings.loss_precision}, seed {settings.seed}."
+        + (" " + "; ".join(unavailable) + "." if unavailable else "")
+    )
+    return "\n".join(lines)
+
+
+def _worst_failure(leaf: LeafReport) -> tuple[str, PairResult] | None:
+    failing = [(name, r) for name, r in leaf.pairs.items() if not r.ok and r.worst]
+    if not failing:
+        return None
+    return max(
+        failing,
+        key=lambda item: (
+            item[1].worst.abs_error
+            / max(  # type: ignore[union-attr]
+                item[1].worst.tolerance,
+                1e-300,  # type: ignore[union-attr]
+            )
+        ),
+    )
+
+
+def _render_table(report: Report) -> str:
+    header = (
+        "leaf",
+        "pair",
+        "verdict",
+        "compared",
+        "bad",
+        "unreliable",
+        "max abs",
+        "max rel",
+    )
+    rows = [header]
+    for leaf in report.leaves:
+        for name, result in leaf.pairs.items():
+            rows.append(
+                (
+                    leaf.path,
+                    name,
+                    "ok" if result.ok else "MISMATCH",
+                    str(result.compared),
+                    str(result.mismatched),
+                    str(result.unreliable),
+                    _number(result.max_abs_error),
+                    _number(result.max_rel_error),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for leaf in report.leaves:
+        if leaf.unreliable_indices or leaf.kinks:
+            lines.append(
+                f"{leaf.path}: finite differences unreliable at"
+                f" {len(leaf.unreliable_indices)} element(s), e.g."
+                f" {', '.join(_index_text(i) for i in leaf.unreliable_indices[:5])}."
+            )
+        for kink in leaf.kinks[:5]:
+            lines.append(
+                f"{leaf.path}{_index_text(kink.index)}: kink, left slope"
+                f" {_number(kink.left)}, right slope {_number(kink.right)};"
+                f" manual {_number(kink.manual)} ({kink.manual_choice}), autodiff"
+                f" {_number(kink.autodiff)} ({kink.autodiff_choice})."
+            )
+        lines.append(f"{leaf.path}: finite differences covered {leaf.coverage}.")
+    return "\n".join(line.rstrip() for line in lines)
