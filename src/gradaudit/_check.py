@@ -31,6 +31,7 @@ from ._sources import (
     Source,
     autodiff_gradient,
     fd_estimates,
+    measured_rounding,
     rounding_noise,
     rounding_sensitivity,
     step_scales,
@@ -429,8 +430,51 @@ def _manual(grad: Callable[..., Any], checked: Params, args: tuple[Any, ...]) ->
         else param_dtype
         for param_dtype, leaf in zip(checked.dtypes, leaves, strict=True)
     ]
+    dtype = lowest_precision(*dtypes).name
     flat = np.concatenate([leaf.astype(np.float64).ravel() for leaf in leaves])
-    return Source("manual", True, "as written", lowest_precision(*dtypes).name, flat)
+    rounding = _manual_rounding(grad, checked, args, flat, dtype)
+    return Source("manual", True, "as written", dtype, flat, rounding=rounding)
+
+
+def _manual_rounding(
+    grad: Callable[..., Any],
+    checked: Params,
+    args: tuple[Any, ...],
+    native: np.ndarray,
+    native_dtype: str,
+) -> np.ndarray | None:
+    """Run the hand-written gradient once more in another precision.
+
+    float64 when it computed in something narrower, float32 when it computed in
+    float64: the difference measures its own rounding (`measured_rounding`). This
+    is a measurement only, so a gradient that refuses the other dtype costs
+    nothing but the measurement.
+    """
+    other = "float32" if native_dtype == "float64" else "float64"
+    try:
+        with jax.enable_x64(other == "float64"):
+            raw = grad(checked.native_tree(other), *_cast_floats(args, other))
+            leaves = validate_gradient_tree(raw, checked.layout)
+    except Exception:  # the measurement is optional; the first call already passed
+        return None
+    flat = np.concatenate([leaf.astype(np.float64).ravel() for leaf in leaves])
+    return measured_rounding(native, flat, native_dtype, other)
+
+
+def _cast_floats(args: tuple[Any, ...], dtype: str) -> tuple[Any, ...]:
+    """Copies of `args` with every floating array cast to `dtype`."""
+
+    def convert(leaf: Any) -> Any:
+        if isinstance(leaf, np.ndarray | jax.Array | np.generic) and (
+            np.issubdtype(np.dtype(leaf.dtype), np.floating)
+            or np.dtype(leaf.dtype).name == "bfloat16"
+        ):
+            if isinstance(leaf, jax.Array):
+                return jnp.asarray(leaf, dtype)
+            return np.array(leaf, dtype=dtype)
+        return leaf.copy() if isinstance(leaf, np.ndarray) else leaf
+
+    return tuple(jax.tree_util.tree_map(convert, args))
 
 
 def _sensitivity(
@@ -450,12 +494,20 @@ def _sensitivity(
 def _with_noise(
     found: dict[str, Source], sensitivity: np.ndarray, noise_ulps: float
 ) -> dict[str, Source]:
+    """Attach each gradient's rounding allowance (see `_tolerance`).
+
+    The allowance is `noise_ulps` units of the rounding that the measured
+    sensitivity predicts, or twice the rounding measured directly for the
+    hand-written gradient, whichever is larger.
+    """
     result = {}
     for name, source in found.items():
         if source.gradient is not None:
             noise = rounding_noise(
                 np.nan_to_num(source.gradient), sensitivity, source.dtype, noise_ulps
             )
+            if source.rounding is not None:
+                noise = np.maximum(noise, 2.0 * source.rounding)
             source = dataclasses.replace(source, noise=noise)
         result[name] = source
     return result

@@ -121,7 +121,9 @@ def judge_pair(
         finite = np.isfinite(first.values) & np.isfinite(second.values)
         mismatch = ~unreliable & (~finite | (diff > tol))
     if excused is not None:
+        # Valid but different choices at a kink are left out, like unreliable ones.
         mismatch &= ~excused
+        unreliable = unreliable | excused
     return PairJudgement(
         pair,
         probes,

@@ -94,6 +94,8 @@ class Source:
         dtype: the precision it computed in.
         gradient: the full flat gradient (float64), for `manual` and `autodiff`.
         noise: per-element rounding allowance for `gradient`.
+        rounding: for `manual`, the rounding measured by evaluating it again in
+            another precision (see `measured_rounding`), or None.
         answered: for `fd`, its estimates on the probes it was computed for.
     """
 
@@ -104,6 +106,7 @@ class Source:
     gradient: np.ndarray | None = None
     noise: np.ndarray | None = None
     answered: Estimates | None = None
+    rounding: np.ndarray | None = None
 
     def estimates(self, probes: Probes) -> Estimates:
         if self.answered is not None:
@@ -127,6 +130,23 @@ def rounding_noise(
 ) -> np.ndarray:
     """The rounding a gradient computed in `dtype` may carry, per element."""
     return noise_ulps * epsilon(dtype) * (np.abs(gradient) + sensitivity)
+
+
+def measured_rounding(
+    native: np.ndarray, other: np.ndarray, native_dtype: str, other_dtype: str
+) -> np.ndarray | None:
+    """The rounding in a gradient, measured from a second evaluation.
+
+    With the second evaluation in float64 and the first in a narrower dtype, their
+    difference is the first one's rounding error itself: a logic error is present
+    in both and cancels. With the first already in float64 and the second in
+    float32, the difference is float32's rounding, scaled down by the ratio of the
+    epsilons as an estimate of float64's.
+    """
+    if other.shape != native.shape or not np.all(np.isfinite(other)):
+        return None
+    difference = np.abs(np.nan_to_num(native) - other)
+    return difference * min(1.0, epsilon(native_dtype) / epsilon(other_dtype))
 
 
 def rounding_sensitivity(

@@ -70,16 +70,19 @@ class Params:
     def flat64(self) -> np.ndarray:
         return np.concatenate([leaf.astype(np.float64).ravel() for leaf in self.leaves])
 
-    def native_tree(self) -> Any:
-        """A fresh copy of the user's params, in their own dtypes and array types.
+    def native_tree(self, dtype: Any = None) -> Any:
+        """A fresh copy of the user's params, in their own array types.
 
         Each call returns new arrays, so a hand-written gradient that writes into
         its inputs cannot change what the next source sees, nor the user's arrays.
+
+        Args:
+            dtype: cast every leaf to this dtype; None keeps the user's dtypes.
         """
         import jax.numpy as jnp
 
         leaves = [
-            jnp.asarray(leaf) if was_jax else leaf.copy()
+            jnp.asarray(leaf, dtype) if was_jax else leaf.astype(dtype or leaf.dtype)
             for leaf, was_jax in zip(self.leaves, self.is_jax, strict=True)
         ]
         return jax.tree_util.tree_unflatten(self.layout.treedef, leaves)
