@@ -225,12 +225,13 @@ def finite_differences(
     offsets = np.asarray(_OFFSETS[method], np.float64)
     size = x.shape[0]
 
+    combined: tuple[Any, ...]
     if traceable:
-        values, base = _device_values(
+        device_values, base = _device_values(
             function, x, directions, offsets, step, batch_size, size
         )
         combined = jax.jit(_combine, static_argnums=(2, 3, 4))(
-            values, base, step, method, epsilon
+            device_values, base, step, method, epsilon
         )
     else:
         base_value = float(function(x.copy()))
@@ -241,8 +242,12 @@ def finite_differences(
                 values[k, j] = float(function(x + o * step * v))
         combined = _combine(values, np.float64(base_value), step, method, epsilon)
 
-    arrays = [np.asarray(a, np.float64) for a in combined]
-    return FiniteDifferences(*arrays, step=step, method=method)
+    derivative, error, rounding, kink, left, right = (
+        np.asarray(a, np.float64) for a in combined
+    )
+    return FiniteDifferences(
+        derivative, error, rounding, kink, left, right, step=step, method=method
+    )
 
 
 def _device_values(

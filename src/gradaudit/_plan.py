@@ -18,8 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ._finite_diff import _OFFSETS, default_step
 from ._paths import LeafLayout
 from ._sources import Probes
 
@@ -150,3 +153,51 @@ def full_probes(layout: LeafLayout, plan: Plan) -> Probes:
         vectors=plan.probes.vectors,
         vector_leaf=plan.probes.vector_leaf,
     )
+
+
+def resolve_mode_and_batch(
+    mode: str,
+    flat_loss: Callable[[Any], Any],
+    x: np.ndarray,
+    method: str,
+    traceable: bool,
+    time_budget: float,
+    memory_budget: int,
+) -> tuple[str, int]:
+    """The concrete mode, and how many directions to evaluate side by side."""
+    per_direction = len(_OFFSETS[method])
+    if traceable:
+        compiled = jax.jit(flat_loss).lower(jnp.asarray(x)).compile()
+        point = jnp.asarray(x)
+        seconds = measure_evaluation_seconds(
+            lambda: compiled(point).block_until_ready()
+        )
+        batch_size = _batch_size(compiled, x, per_direction, memory_budget)
+    else:
+        seconds = measure_evaluation_seconds(lambda: flat_loss(x.copy()), repeats=1)
+        batch_size = 1
+    return resolve_mode(mode, x.size, per_direction, seconds, time_budget), batch_size
+
+
+def _batch_size(compiled: Any, x: np.ndarray, per_direction: int, budget: int) -> int:
+    """How many directions to vmap together, within the memory budget.
+
+    Each direction in flight holds its own copies of the parameter vector and the
+    loss's intermediates at every stencil point. On a CPU, measured on two cores, an
+    on-device loop over single directions beats wide batches (each batch pays for
+    copying all of the parameters), so CPUs get small batches; accelerators get as
+    many as the budget allows.
+    """
+    try:
+        analysis = compiled.memory_analysis()
+        temporary = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    except Exception:  # not every backend reports it; fall back to the vector size
+        temporary = 0
+    per_point = temporary + 3 * x.nbytes
+    fits = max(1, budget // max(1, per_point * per_direction))
+    ceiling = 4 if jax.default_backend() == "cpu" else 4096
+    return int(min(fits, ceiling))
+
+
+def step_for(method: str, fd_epsilon: float) -> float:
+    return default_step(method, fd_epsilon)

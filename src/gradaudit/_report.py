@@ -303,19 +303,18 @@ def _render_summary(report: Report) -> str:
 
 
 def _worst_failure(leaf: LeafReport) -> tuple[str, PairResult] | None:
-    failing = [(name, r) for name, r in leaf.pairs.items() if not r.ok and r.worst]
+    """The failing pair whose worst element is furthest beyond its tolerance."""
+    failing = [
+        (name, result, result.worst)
+        for name, result in leaf.pairs.items()
+        if not result.ok and result.worst is not None
+    ]
     if not failing:
         return None
-    return max(
-        failing,
-        key=lambda item: (
-            item[1].worst.abs_error
-            / max(  # type: ignore[union-attr]
-                item[1].worst.tolerance,
-                1e-300,  # type: ignore[union-attr]
-            )
-        ),
+    name, result, _ = max(
+        failing, key=lambda item: item[2].abs_error / max(item[2].tolerance, 1e-300)
     )
+    return name, result
 
 
 def _render_table(report: Report) -> str:

@@ -168,12 +168,12 @@ def validate_gradient_tree(gradient: Any, layout: LeafLayout) -> list[np.ndarray
             wrong_shapes.append((path, shape, array.shape))
         leaves.append(array)
     if wrong_shapes:
-        details = "; ".join(
+        shape_details = "; ".join(
             f"{path} should be {expected} but is {actual}"
             for path, expected, actual in wrong_shapes
         )
         raise StructureMismatchError(
-            _SHAPE_MISMATCH.format(count=len(wrong_shapes), details=details),
+            _SHAPE_MISMATCH.format(count=len(wrong_shapes), details=shape_details),
             shape_mismatches=tuple(wrong_shapes),
         )
     return leaves

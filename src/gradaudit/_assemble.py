@@ -1,0 +1,267 @@
+"""Turning per-probe judgements into the per-leaf and per-pair results of a report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _compare as compare
+from ._paths import LeafLayout
+from ._plan import full_probes
+from ._report import PAIRS, KinkNote, LeafReport, PairResult
+from ._sources import Estimates, Probes, Source
+from ._tolerance import Tolerance
+from ._validate import Params
+
+
+def compare_all(
+    layout: LeafLayout,
+    checked: Params,
+    found: dict[str, Source],
+    fd: Estimates | None,
+    plan: Any,
+    tolerance: Tolerance,
+    one_sided: compare.OneSidedSlopes,
+    scales: np.ndarray,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Judge every available pair and assemble per-leaf results."""
+    fd_probes: Probes = plan.probes
+    every = full_probes(layout, plan)
+    manual, autodiff = found["manual"], found["autodiff"]
+    leaf_scale = compare.leaf_scales(layout, found, fd_probes, fd)
+    floor_fd = compare.probe_floor(fd_probes, layout, leaf_scale, tolerance)
+    floor_all = compare.probe_floor(every, layout, leaf_scale, tolerance)
+    n_fd = fd_probes.count
+    dtype_of = {name: source.dtype for name, source in found.items()}
+
+    estimates_fd = {
+        name: found[name].estimates(fd_probes)
+        for name in ("manual", "autodiff")
+        if found[name].available
+    }
+    if fd is not None:
+        estimates_fd["fd"] = fd
+
+    # Where finite differences can be trusted.
+    reliability = None
+    if fd is not None:
+        reference = (
+            estimates_fd["autodiff"].values if "autodiff" in estimates_fd else fd.values
+        )
+        rtol_fd = tolerance.rtol_for(dtype_of["fd"])
+        core = tolerance.atol + rtol_fd * (np.abs(reference) + floor_fd)
+        reliability = compare.fd_reliability(fd, reference, floor_fd, core)
+
+    judgements: dict[str, compare.PairJudgement] = {}
+    kink_invalid_leaves: set[int] = set()
+    kink_notes: dict[int, list[KinkNote]] = {}
+
+    # manual vs autodiff: every element, with valid choices at kinks excused.
+    if manual.available and autodiff.available:
+        rtol = tolerance.rtol_for(dtype_of["manual"], dtype_of["autodiff"])
+        excused_all = np.zeros(every.count, bool)
+        if fd is not None and reliability is not None:
+            on_fd = compare.judge_pair(
+                "manual-autodiff",
+                fd_probes,
+                layout,
+                estimates_fd["manual"],
+                estimates_fd["autodiff"],
+                estimates_fd["autodiff"].values,
+                rtol,
+                tolerance,
+                floor_fd,
+                np.zeros(n_fd, bool),
+            )
+            coordinate = np.arange(n_fd) < fd_probes.coordinates.size
+            kink = reliability.kink & coordinate
+            slack = on_fd.tol + fd.noise
+            excused, joint = compare.excuse_kinks(
+                estimates_fd["manual"],
+                estimates_fd["autodiff"],
+                fd,
+                kink,
+                on_fd.mismatch,
+                slack,
+                np.concatenate(
+                    [scales[fd_probes.coordinates], np.zeros(n_fd - coordinate.sum())]
+                ),
+                one_sided,
+                layout.total_size,
+                np.concatenate(
+                    [fd_probes.coordinates, np.zeros(n_fd - coordinate.sum(), np.int64)]
+                ),
+            )
+            excused_all[fd_probes.coordinates[excused[coordinate]]] = True
+            manual_valid = compare.is_valid_choice(
+                estimates_fd["manual"].values, fd.left, fd.right, slack
+            )
+            leaf_of = fd_probes.leaf_numbers(layout)
+            for p in map(int, np.flatnonzero(kink)):
+                leaf = int(leaf_of[p])
+                if (
+                    on_fd.mismatch[p]
+                    and not excused[p]
+                    and (not manual_valid[p] or not joint["manual"])
+                ):
+                    kink_invalid_leaves.add(leaf)
+                kink_notes.setdefault(leaf, []).append(
+                    KinkNote(
+                        index=layout.leaf_of(int(fd_probes.coordinates[p]))[1],
+                        left=float(fd.left[p]),
+                        right=float(fd.right[p]),
+                        manual=float(estimates_fd["manual"].values[p]),
+                        manual_choice=_choice(
+                            estimates_fd["manual"].values[p],
+                            fd,
+                            p,
+                            slack,
+                            joint["manual"],
+                        ),
+                        autodiff=float(estimates_fd["autodiff"].values[p]),
+                        autodiff_choice=_choice(
+                            estimates_fd["autodiff"].values[p],
+                            fd,
+                            p,
+                            slack,
+                            joint["autodiff"],
+                        ),
+                    )
+                )
+        judgements["manual-autodiff"] = compare.judge_pair(
+            "manual-autodiff",
+            every,
+            layout,
+            manual.estimates(every),
+            autodiff.estimates(every),
+            autodiff.estimates(every).values,
+            rtol,
+            tolerance,
+            floor_all,
+            np.zeros(every.count, bool),
+            excused_all,
+        )
+    elif fd is not None and reliability is not None:
+        # Without both gradients, kinks are still worth listing.
+        leaf_of = fd_probes.leaf_numbers(layout)
+        for p in map(
+            int, np.flatnonzero(reliability.kink[: fd_probes.coordinates.size])
+        ):
+            leaf = int(leaf_of[p])
+            values = {
+                n: float(e.values[p]) for n, e in estimates_fd.items() if n != "fd"
+            }
+            kink_notes.setdefault(leaf, []).append(
+                KinkNote(
+                    layout.leaf_of(int(fd_probes.coordinates[p]))[1],
+                    float(fd.left[p]),
+                    float(fd.right[p]),
+                    values.get("manual"),
+                    "-",
+                    values.get("autodiff"),
+                    "-",
+                )
+            )
+
+    for first in ("manual", "autodiff"):
+        if fd is None or reliability is None or first not in estimates_fd:
+            continue
+        name = f"{first}-fd"
+        reference = (
+            estimates_fd["autodiff"].values if "autodiff" in estimates_fd else fd.values
+        )
+        judgements[name] = compare.judge_pair(
+            name,
+            fd_probes,
+            layout,
+            estimates_fd[first],
+            fd,
+            reference,
+            tolerance.rtol_for(dtype_of[first], dtype_of["fd"]),
+            tolerance,
+            floor_fd,
+            reliability.unreliable,
+        )
+
+    fd_position = {int(c): i for i, c in enumerate(fd_probes.coordinates)}
+
+    def values_for(probes: Probes) -> Callable[[int], tuple[float | None, ...]]:
+        def lookup(position: int) -> tuple[float | None, ...]:
+            if position < probes.coordinates.size:
+                coordinate = int(probes.coordinates[position])
+                fd_at = fd_position.get(coordinate)
+                m = manual.gradient[coordinate] if manual.gradient is not None else None
+                a = (
+                    autodiff.gradient[coordinate]
+                    if autodiff.gradient is not None
+                    else None
+                )
+            else:
+                dense = position - probes.coordinates.size
+                fd_at = fd_probes.coordinates.size + dense
+                v = probes.vectors[dense]
+                m = float(v @ manual.gradient) if manual.gradient is not None else None
+                a = (
+                    float(v @ autodiff.gradient)
+                    if autodiff.gradient is not None
+                    else None
+                )
+            f = (
+                float(fd.values[fd_at])
+                if fd is not None and fd_at is not None
+                else None
+            )
+            return (
+                None if m is None else float(m),
+                None if a is None else float(a),
+                f,
+            )
+
+        return lookup
+
+    leaves: list[LeafReport] = []
+    per_pair: dict[str, list[PairResult]] = {n: [] for n in PAIRS if n in judgements}
+    for leaf in range(len(layout.paths)):
+        results = {}
+        for name in PAIRS:
+            if name in judgements:
+                j = judgements[name]
+                results[name] = compare.summarise(j, leaf, layout, values_for(j.probes))
+                per_pair[name].append(results[name])
+        unreliable_indices: tuple[tuple[int, ...], ...] = ()
+        if reliability is not None:
+            leaf_of = fd_probes.leaf_numbers(layout)
+            marked = np.flatnonzero(
+                reliability.unreliable[: fd_probes.coordinates.size]
+                & (leaf_of[: fd_probes.coordinates.size] == leaf)
+            )
+            unreliable_indices = tuple(
+                layout.leaf_of(int(fd_probes.coordinates[p]))[1] for p in marked
+            )
+        leaves.append(
+            compare.build_leaf(
+                leaf,
+                layout,
+                checked.dtypes[leaf].name,
+                results,
+                plan.coverage[leaf],
+                unreliable_indices,
+                tuple(kink_notes.get(leaf, ())),
+                leaf in kink_invalid_leaves,
+            )
+        )
+    pairs = {name: compare.total(name, results) for name, results in per_pair.items()}
+    return leaves, pairs
+
+
+def _choice(
+    value: float, fd: Estimates, p: int, slack: np.ndarray, joint_ok: bool
+) -> str:
+    text = compare.kink_choice(
+        float(value), float(fd.left[p]), float(fd.right[p]), float(slack[p])
+    )
+    if not joint_ok and "not a valid" not in text:
+        text += ", but jointly with the other tied elements it is not a valid choice"
+    return text
