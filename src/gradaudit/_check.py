@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import platform
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -147,6 +148,7 @@ def check(
             found["manual"] = manual_source(grad, checked, args)
         sensitivity = sensitivity_of(found, low_autodiff, layout)
         found = with_noise(found, sensitivity, noise_ulps)
+        _require_two(found, grad is not None, "fd" in wanted)
 
         scales = step_scales(x, layout)
         resolved_mode, batch_size = resolve_mode_and_batch(
@@ -278,7 +280,9 @@ def _check_options(
         raise _option_error(f"`mode` must be one of {MODES}, got {mode!r}.")
     if method not in METHODS:
         raise _option_error(f"`method` must be one of {METHODS}, got {method!r}.")
-    if step is not None and not (np.isfinite(step) and 0 < step < 1):
+    if step is not None and not (
+        isinstance(step, numbers.Real) and np.isfinite(step) and 0 < step < 1
+    ):
         raise _option_error(
             f"`step` is relative to each parameter's magnitude and must lie in"
             f" (0, 1), got {step!r}; leave it as None for a step chosen per dtype."
@@ -287,13 +291,43 @@ def _check_options(
         ("samples_per_leaf", samples_per_leaf),
         ("directions_per_leaf", directions_per_leaf),
     ):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise _option_error(f"`{name}` must be a positive int, got {value!r}.")
+        if value < 1:
+            raise _option_error(f"`{name}` must be a positive int, got {value!r}.")
+    if isinstance(sources, str):
+        raise _option_error(
+            f"`sources` must be a tuple of source names, got {sources!r} (a single"
+            ' string); write it as a tuple, e.g. `sources=("manual", "fd")`.'
+        )
     unknown = set(sources) - set(SOURCE_NAMES)
     if unknown or len(set(sources)) < 2:
         raise _option_error(
             f"`sources` must name at least two of {SOURCE_NAMES}, got {tuple(sources)}."
         )
+
+
+def _require_two(found: dict[str, Source], grad_given: bool, fd_wanted: bool) -> None:
+    """Refuse to call a check with fewer than two sources a pass."""
+    running = [name for name, source in found.items() if source.available]
+    if fd_wanted:
+        running.append("fd")
+    if len(running) >= 2:
+        return
+    missing = [
+        f"{name} ({source.reason})"
+        for name, source in found.items()
+        if not source.available
+    ]
+    if not grad_given:
+        missing.append("manual (no `grad` given)")
+    raise InvalidInputError(
+        f"Only {len(running)} gradient source(s) can run"
+        f" ({', '.join(running) or 'none'}), so there is nothing to compare."
+        f" Not available: {'; '.join(missing)}. Pass the hand-written gradient as"
+        " `grad=...`, include more of them in `sources`, or make the loss"
+        " traceable by JAX."
+    )
 
 
 def _option_error(message: str) -> Exception:

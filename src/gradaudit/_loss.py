@@ -48,6 +48,20 @@ def copied_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+def device_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """numpy arrays in `args` as JAX arrays, for the traced loss.
+
+    JAX may keep a numpy array's memory as a constant of the traced program, so a
+    loss that writes into its numpy data after using it would change the program's
+    constants. Immutable JAX arrays rule that out.
+    """
+    return tuple(
+        jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a, args
+        )
+    )
+
+
 def evaluate_loss_twice(
     loss: Callable[..., Any], layout: LeafLayout, x: np.ndarray, args: tuple[Any, ...]
 ) -> float:
@@ -86,9 +100,9 @@ def trace_loss(
 ) -> LossTrace:
     """Find out whether JAX can trace the loss, and what precision it computes in."""
     try:
-        closed = jax.make_jaxpr(lambda flat: loss(layout.unflatten(flat), *args))(
-            jnp.asarray(x)
-        )
+        closed = jax.make_jaxpr(
+            lambda flat: loss(layout.unflatten(flat), *device_args(args))
+        )(jnp.asarray(x))
     except Exception as error:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return LossTrace(
@@ -112,7 +126,7 @@ def flat_loss_function(
     if traceable:
         # The output takes the input's dtype, so the same function serves the
         # float64 reference and the float32 sensitivity probe.
-        return lambda flat: jnp.asarray(loss(layout.unflatten(flat), *args)).astype(
-            flat.dtype
-        )
+        return lambda flat: jnp.asarray(
+            loss(layout.unflatten(flat), *device_args(args))
+        ).astype(flat.dtype)
     return lambda flat: float(loss(layout.unflatten(flat.copy()), *copied_args(args)))

@@ -65,11 +65,13 @@ class Element:
     tolerance: float
 
     def location(self) -> str:
+        """Where the element is, e.g. "['W1'] at index [2, 3]"."""
         if self.index is not None:
             return f"{self.path} at index {_index_text(self.index)}"
         return f"{self.path} along random direction {self.direction}"
 
     def values_text(self) -> str:
+        """The three sources' values, e.g. "manual=1, autodiff=0.5, fd=0.5"."""
         return (
             f"manual={_value(self.manual)}, autodiff={_value(self.autodiff)},"
             f" fd={_value(self.fd)}"
@@ -219,6 +221,7 @@ class Report:
 
     @property
     def failing_leaves(self) -> tuple[LeafReport, ...]:
+        """The leaves on which some pair disagrees."""
         return tuple(leaf for leaf in self.leaves if not leaf.ok)
 
     def summary(self) -> str:

@@ -25,6 +25,8 @@ import dataclasses
 
 import numpy as np
 
+from ._errors import InvalidInputError
+
 # Relative tolerance by the precision a source computes in. They sit about two orders
 # of magnitude below the smallest error the checker promises to catch (a relative
 # 1e-6 in float64 and 1e-3 in float32), and well above what rounding does to a
@@ -60,9 +62,13 @@ class Tolerance:
         for name in ("atol", "floor_fraction", "noise_ulps"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+                raise InvalidInputError(
+                    f"`{name}` must be a finite number >= 0, got {value}."
+                )
         if self.rtol is not None and not (np.isfinite(self.rtol) and self.rtol >= 0):
-            raise ValueError(f"`rtol` must be a finite number >= 0, got {self.rtol}.")
+            raise InvalidInputError(
+                f"`rtol` must be a finite number >= 0, got {self.rtol}."
+            )
 
     def rtol_for(self, *dtypes: np.dtype | str) -> float:
         if self.rtol is not None:

@@ -1,0 +1,354 @@
+"""The verdicts of `check`: agreement, blame, kinks, precision and coverage."""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradaudit
+
+
+def mlp_loss(params, x, y):
+    hidden = jnp.tanh(x @ params["W1"] + params["b1"])
+    return 0.5 * jnp.mean((hidden @ params["W2"] - y) ** 2)
+
+
+def mlp_grad(params, x, y):
+    hidden = np.tanh(x @ params["W1"] + params["b1"])
+    residual = (hidden @ params["W2"] - y) / y.size
+    dpre = residual @ params["W2"].T * (1 - hidden**2)
+    return {"W1": x.T @ dpre, "b1": dpre.sum(0), "W2": hidden.T @ residual}
+
+
+def mlp_point(rng, dtype):
+    params = {
+        "W1": rng.normal(size=(4, 5)).astype(dtype),
+        "b1": rng.normal(size=5).astype(dtype),
+        "W2": rng.normal(size=(5, 2)).astype(dtype),
+    }
+    x = rng.normal(size=(7, 4)).astype(dtype)
+    y = rng.normal(size=(7, 2)).astype(dtype)
+    return params, x, y
+
+
+def perturbed(grad, leaf, index, factor):
+    def wrong(params, *args):
+        result = grad(params, *args)
+        result[leaf] = np.array(result[leaf], copy=True)
+        result[leaf][index] *= factor
+        return result
+
+    return wrong
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_correct_hand_written_gradient_passes(rng, dtype):
+    params, x, y = mlp_point(rng, dtype)
+    report = gradaudit.check(mlp_loss, params, x, y, grad=mlp_grad)
+    assert report.ok, report.summary()
+    assert set(report.pairs) == {"manual-autodiff", "manual-fd", "autodiff-fd"}
+    assert all(leaf.verdict == "agree" for leaf in report.leaves)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor"), [(np.float64, 1 + 1e-6), (np.float32, 1 + 1e-3)]
+)
+def test_one_slightly_wrong_element_is_found_with_its_index(rng, dtype, factor):
+    params, x, y = mlp_point(rng, dtype)
+    wrong = perturbed(mlp_grad, "W1", (2, 3), factor)
+    report = gradaudit.check(mlp_loss, params, x, y, grad=wrong)
+    assert not report.ok
+    assert [leaf.path for leaf in report.failing_leaves] == ["['W1']"]
+    leaf = report.leaf("['W1']")
+    assert leaf.verdict == "manual_wrong"
+    assert leaf.pairs["manual-autodiff"].mismatched_indices == ((2, 3),)
+    assert leaf.pairs["manual-fd"].mismatched_indices == ((2, 3),)
+    assert leaf.pairs["autodiff-fd"].ok
+    worst = leaf.pairs["manual-autodiff"].worst
+    assert worst.index == (2, 3)
+    assert worst.autodiff == pytest.approx(worst.fd, rel=1e-6)
+    assert worst.manual == pytest.approx(worst.autodiff * factor, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_params_are_checked_against_a_float64_reference(rng, dtype):
+    params = jnp.asarray(rng.normal(size=12), dtype)
+
+    def loss(w):
+        return jnp.sum(jnp.sin(w) * w)
+
+    def grad(w):
+        return jnp.cos(w) * w + jnp.sin(w)
+
+    report = gradaudit.check(loss, params, grad=grad)
+    assert report.ok, report.summary()
+    assert any("never with finite differences" in f for f in report.findings)
+    wrong = gradaudit.check(loss, params, grad=lambda w: 1.2 * grad(w))
+    assert not wrong.ok
+
+
+def test_a_stop_gradient_both_gradients_honour_points_at_finite_differences():
+    def loss(w):
+        return jnp.sum(w * jax.lax.stop_gradient(w) ** 2)
+
+    def grad(w):
+        return np.asarray(w) ** 2
+
+    report = gradaudit.check(loss, np.array([1.0, 2.0, -0.5]), grad=grad)
+    assert not report.ok
+    assert report.leaves[0].verdict == "fd_suspect"
+    assert report.pairs["manual-autodiff"].ok
+    assert "stop_gradient" in report.leaves[0].explanation
+
+
+@jax.custom_vjp
+def cube(x):
+    return x**3
+
+
+def _cube_forward(x):
+    return x**3, x
+
+
+def _cube_backward_wrong(x, upstream):
+    return (2 * x**2 * upstream,)  # should be 3 * x**2
+
+
+cube.defvjp(_cube_forward, _cube_backward_wrong)
+
+
+def test_a_wrong_custom_vjp_is_blamed_on_the_jax_side():
+    def loss(w):
+        return jnp.sum(cube(w))
+
+    def grad(w):
+        return 3 * np.asarray(w) ** 2
+
+    report = gradaudit.check(loss, np.array([0.5, 1.5, -2.0]), grad=grad)
+    assert report.leaves[0].verdict == "autodiff_suspect"
+    assert report.pairs["manual-fd"].ok
+    assert not report.pairs["autodiff-fd"].ok
+
+
+def test_without_a_hand_written_gradient_autodiff_is_checked_against_fd():
+    report = gradaudit.check(lambda w: jnp.sum(cube(w)), np.array([0.5, 1.5]))
+    assert list(report.pairs) == ["autodiff-fd"]
+    assert not report.sources["manual"].available
+    assert report.leaves[0].verdict == "autodiff_vs_fd"
+
+
+def test_nan_in_the_hand_written_gradient_is_its_own_failure():
+    def grad(w):
+        g = 2 * np.asarray(w)
+        g[1] = np.nan
+        return g
+
+    report = gradaudit.check(lambda w: jnp.sum(w**2), np.array([1.0, 2.0]), grad=grad)
+    assert not report.ok
+    assert report.leaves[0].verdict == "nonfinite"
+    assert "NaN" in report.summary()
+
+
+def relu_loss(w, x):
+    return jnp.sum(jax.nn.relu(w) * x)
+
+
+@pytest.mark.parametrize(
+    "grad",
+    [
+        lambda w, x: (w > 0) * x,  # relu'(0) = 0, as jax.grad chooses
+        lambda w, x: (w >= 0) * x,  # relu'(0) = 1: the other valid one-sided slope
+    ],
+    ids=["left-slope", "right-slope"],
+)
+def test_a_valid_choice_at_a_kink_is_not_a_failure(grad):
+    w, x = np.array([0.0, 1.0, -1.0]), np.array([2.0, 3.0, 4.0])
+    report = gradaudit.check(relu_loss, w, x, grad=grad)
+    assert report.ok, report.summary()
+    assert report.leaves[0].unreliable_indices == ((0,),)
+    (kink,) = report.leaves[0].kinks
+    assert (kink.left, kink.right) == pytest.approx((0.0, 2.0), abs=1e-6)
+
+
+def test_a_value_outside_the_one_sided_slopes_is_flagged():
+    w, x = np.array([0.0, 1.0]), np.array([2.0, 3.0])
+    report = gradaudit.check(
+        relu_loss, w, x, grad=lambda w, x: np.where(w == 0, 5.0, (w > 0) * x)
+    )
+    assert not report.ok
+    assert report.leaves[0].verdict == "manual_kink"
+    assert "not a valid choice" in report.leaves[0].kinks[0].manual_choice
+
+
+def test_routing_the_gradient_to_every_tied_maximum_is_flagged():
+    def loss(v):
+        return 3.0 * jnp.max(v)
+
+    def route_to_all(v):
+        return np.where(v == v.max(), 3.0, 0.0)
+
+    def route_to_first(v):
+        g = np.zeros_like(v)
+        g[np.argmax(v)] = 3.0
+        return g
+
+    v = np.array([1.0, 2.0, 2.0, 0.5])
+    assert gradaudit.check(loss, v, grad=route_to_first).ok
+    report = gradaudit.check(loss, v, grad=route_to_all)
+    assert report.leaves[0].verdict == "manual_kink"
+
+
+def test_a_loss_that_casts_to_float32_inside_is_reported():
+    def loss(w):
+        return jnp.sum(jnp.sin(w.astype(jnp.float32)) ** 2)
+
+    def grad(w):
+        return 2 * np.sin(w) * np.cos(w)
+
+    report = gradaudit.check(loss, np.linspace(-1, 1, 9), grad=grad)
+    assert report.ok, report.summary()
+    assert report.settings.loss_precision == "float32"
+    assert any("computes in float32" in f for f in report.findings)
+
+
+def test_a_numpy_loss_is_checked_by_finite_differences_on_the_host(rng):
+    x = rng.normal(size=(6, 4))
+
+    def loss(w, x):
+        return float(np.sum(np.sin(x @ w)))
+
+    def grad(w, x):
+        return x.T @ np.cos(x @ w)
+
+    w = rng.normal(size=4)
+    report = gradaudit.check(loss, w, x, grad=grad)
+    assert report.ok
+    assert not report.sources["autodiff"].available
+    assert "not traceable" in report.sources["autodiff"].note
+    wrong = gradaudit.check(loss, w, x, grad=lambda w, x: 2 * grad(w, x))
+    assert wrong.leaves[0].verdict == "manual_wrong_vs_fd"
+
+
+def large_model(rng):
+    params = {"W": rng.normal(size=(120, 80)) / 10, "b": np.zeros(80)}
+    x = rng.normal(size=(16, 120))
+    return params, x
+
+
+def large_loss(params, x):
+    return jnp.mean(jnp.tanh(x @ params["W"] + params["b"]) ** 2)
+
+
+def large_grad(params, x):
+    hidden = np.tanh(x @ params["W"] + params["b"])
+    dpre = 2 * hidden * (1 - hidden**2) / hidden.size
+    return {"W": x.T @ dpre, "b": dpre.sum(0)}
+
+
+def test_sampled_mode_referees_the_worst_disagreement(rng):
+    params, x = large_model(rng)
+    wrong = perturbed(large_grad, "W", (100, 7), 1.01)
+    report = gradaudit.check(
+        large_loss, params, x, grad=wrong, mode="sampled", samples_per_leaf=8
+    )
+    leaf = report.leaf("['W']")
+    assert leaf.coverage == "8 of 9600 elements"
+    assert leaf.verdict == "manual_wrong"
+    assert leaf.pairs["manual-fd"].mismatched_indices == ((100, 7),)
+    assert report.leaf("['b']").ok
+
+
+def test_directional_mode_catches_a_wrong_custom_rule_on_a_large_leaf(rng):
+    @jax.custom_vjp
+    def scaled_tanh(z):
+        return jnp.tanh(z)
+
+    def backward(z, upstream):
+        return (upstream * (1 - jnp.tanh(z) ** 2) * 1.05,)
+
+    scaled_tanh.defvjp(lambda z: (jnp.tanh(z), z), backward)
+    params, x = large_model(rng)
+
+    def loss(params, x):
+        return jnp.mean(scaled_tanh(x @ params["W"] + params["b"]) ** 2)
+
+    report = gradaudit.check(loss, params, x, mode="directional")
+    assert report.leaf("['W']").coverage == "4 random directions"
+    assert not report.pairs["autodiff-fd"].ok
+    assert report.leaf("['W']").pairs["autodiff-fd"].worst.direction is not None
+
+
+def test_auto_mode_samples_when_full_differences_would_exceed_the_budget(rng):
+    params, x = large_model(rng)
+    report = gradaudit.check(large_loss, params, x, grad=large_grad, time_budget=0.0)
+    assert report.settings.mode == "sampled+directional (auto)"
+    assert report.ok, report.summary()
+    full = gradaudit.check(large_loss, params, x, grad=large_grad, time_budget=1e9)
+    assert full.settings.mode == "full (auto)"
+
+
+def test_the_same_seed_gives_the_same_report_and_another_seed_other_probes(rng):
+    params, x = large_model(rng)
+    options = dict(grad=large_grad, mode="sampled", samples_per_leaf=4)
+    first = gradaudit.check(large_loss, params, x, seed=3, **options)
+    again = gradaudit.check(large_loss, params, x, seed=3, **options)
+    other = gradaudit.check(large_loss, params, x, seed=4, **options)
+    assert first.to_dict()["pairs"] == again.to_dict()["pairs"]
+    assert first.settings.seed == 3
+    assert first.to_dict()["pairs"] != other.to_dict()["pairs"]
+
+
+class Layer(NamedTuple):
+    weight: jnp.ndarray
+    bias: jnp.ndarray
+
+
+@dataclasses.dataclass
+class Model:
+    layers: list
+    scale: jnp.ndarray
+
+
+jax.tree_util.register_dataclass(Model, data_fields=["layers", "scale"], meta_fields=[])
+
+
+def test_nested_pytrees_report_keystr_paths():
+    model = Model(
+        layers=[
+            Layer(jnp.ones((2, 2)), jnp.zeros(2)),
+            Layer(jnp.ones((2, 1)), jnp.zeros(1)),
+        ],
+        scale=jnp.array(1.5),
+    )
+
+    def loss(m, x):
+        h = x
+        for layer in m.layers:
+            h = jnp.tanh(h @ layer.weight + layer.bias)
+        return m.scale * jnp.sum(h**2)
+
+    x = jnp.array([[0.3, -0.2], [0.1, 0.4]])
+    report = gradaudit.check(loss, model, x, grad=jax.grad(loss))
+    assert report.ok
+    paths = [leaf.path for leaf in report.leaves]
+    assert paths == [
+        ".layers[0].weight",
+        ".layers[0].bias",
+        ".layers[1].weight",
+        ".layers[1].bias",
+        ".scale",
+    ]
+
+
+def test_assert_gradients_raises_with_the_report_and_returns_it_when_ok(rng):
+    params, x, y = mlp_point(rng, np.float64)
+    report = gradaudit.assert_gradients(mlp_loss, params, x, y, grad=mlp_grad)
+    assert report.ok
+    wrong = perturbed(mlp_grad, "b1", (1,), 2.0)
+    with pytest.raises(gradaudit.GradientMismatchError, match=r"\['b1'\]") as caught:
+        gradaudit.assert_gradients(mlp_loss, params, x, y, grad=wrong)
+    assert isinstance(caught.value, AssertionError)
+    assert caught.value.report.leaf("['b1']").verdict == "manual_wrong"
