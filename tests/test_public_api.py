@@ -16,7 +16,6 @@ import gradaudit
 PUBLIC_NAMES = [
     "Element",
     "GradauditError",
-    "GradauditWarning",
     "GradientMismatchError",
     "InvalidInputError",
     "InvalidTypeError",

@@ -8,7 +8,6 @@ __version__ = "0.1.0"
 from ._check import assert_gradients as assert_gradients
 from ._check import check as check
 from ._errors import GradauditError as GradauditError
-from ._errors import GradauditWarning as GradauditWarning
 from ._errors import GradientMismatchError as GradientMismatchError
 from ._errors import InvalidInputError as InvalidInputError
 from ._errors import InvalidTypeError as InvalidTypeError

@@ -153,15 +153,24 @@ def compare_all(
             values = {
                 n: float(e.values[p]) for n, e in estimates_fd.items() if n != "fd"
             }
+            left, right, slack = (
+                float(fd.left[p]),
+                float(fd.right[p]),
+                float(fd.noise[p]),
+            )
+            described = {
+                name: compare.kink_choice(value, left, right, slack)
+                for name, value in values.items()
+            }
             kink_notes.setdefault(leaf, []).append(
                 KinkNote(
                     layout.leaf_of(int(fd_probes.coordinates[p]))[1],
                     float(fd.left[p]),
                     float(fd.right[p]),
                     values.get("manual"),
-                    "-",
+                    described.get("manual", "not available"),
                     values.get("autodiff"),
-                    "-",
+                    described.get("autodiff", "not available"),
                 )
             )
 

@@ -24,11 +24,12 @@ from ._loss import (
     LossTrace,
     evaluate_loss_twice,
     flat_loss_function,
+    measure_loss_noise,
     reference_args,
     trace_loss,
 )
 from ._plan import MODES, plan_probes, resolve_mode_and_batch, step_for
-from ._precision import epsilon, reference_precision
+from ._precision import epsilon, lowest_precision, reference_precision
 from ._report import Report, Settings, SourceInfo
 from ._sources import (
     SOURCE_NAMES,
@@ -130,22 +131,27 @@ def check(
     layout = checked.layout
     wanted = set(sources) if grad is not None else set(sources) - {"manual"}
 
+    # The hand-written gradient runs first, outside the float64 reference
+    # context, so that it sees the user's own JAX settings, exactly as written.
+    found: dict[str, Source] = {}
+    if "manual" in wanted and grad is not None:
+        found["manual"] = manual_source(grad, checked, args)
+
     with reference_precision():
         x = checked.flat64()
         data = reference_args(args)
         loss_value = evaluate_loss_twice(loss, layout, x, data)
         traced = trace_loss(loss, layout, x, data)
-        loss_dtype = traced.loss_dtype
-        flat_loss = flat_loss_function(loss, layout, data, traced.ok)
+        loss_dtype = lowest_precision(traced.loss_dtype, _float_or_64(loss_value.dtype))
+        flat_loss = flat_loss_function(
+            loss, layout, data, traced.ok, loss_value.host_arrays
+        )
 
-        found: dict[str, Source] = {}
         low_autodiff = None
         if "autodiff" in wanted:
             found["autodiff"], low_autodiff = autodiff_source(
                 flat_loss, x, traced, loss_dtype
             )
-        if "manual" in wanted and grad is not None:
-            found["manual"] = manual_source(grad, checked, args)
         sensitivity = sensitivity_of(found, low_autodiff, layout)
         found = with_noise(found, sensitivity, noise_ulps)
         _require_two(found, grad is not None, "fd" in wanted)
@@ -155,6 +161,15 @@ def check(
             mode, flat_loss, x, method, traced.ok, time_budget, memory_budget
         )
         rng = np.random.default_rng(seed)
+        # A traced loss shows its precision in its jaxpr. An untraced one may work
+        # in float32 inside and return a Python float, so its rounding is measured,
+        # and finite differences respect the larger of the two.
+        loss_noise = 0.0
+        if not traced.ok:
+            loss_noise = measure_loss_noise(
+                flat_loss, x, scales, np.random.default_rng([seed, 1]), traced.ok
+            )
+        fd_epsilon = max(epsilon(loss_dtype), loss_noise)
         far = disagreement(found, sensitivity)
         plan = plan_probes(
             resolved_mode,
@@ -165,7 +180,6 @@ def check(
             directions_per_leaf,
             far,
         )
-        fd_epsilon = epsilon(loss_dtype)
 
         def one_sided(direction: np.ndarray) -> tuple[float, float, float]:
             result = finite_differences(
@@ -210,12 +224,17 @@ def check(
         method=method,
         step=step if step is not None else step_for(method, fd_epsilon),
         rtol=rtol,
+        rtol_used={
+            name: tolerance.rtol_for(*(found[part].dtype for part in name.split("-")))
+            for name in pairs
+        },
         atol=atol,
         floor_fraction=floor_fraction,
         noise_ulps=noise_ulps,
         seed=seed,
         reference_precision="float64 (x64, matmul precision highest)",
         loss_precision=np.dtype(loss_dtype).name,
+        loss_noise=loss_noise,
         samples_per_leaf=samples_per_leaf if "sampled" in plan.mode else None,
         directions_per_leaf=directions_per_leaf if "directional" in plan.mode else None,
         batch_size=batch_size,
@@ -226,7 +245,7 @@ def check(
         name: SourceInfo(name, s.available, s.dtype if s.available else None, s.reason)
         for name, s in found.items()
     }
-    findings = _findings(traced, checked, leaves, loss_value)
+    findings = _findings(traced, checked, leaves, loss_noise, loss_dtype)
     ok = all(leaf.ok for leaf in leaves)
     return Report(ok, tuple(leaves), pairs, source_info, settings, tuple(findings))
 
@@ -337,6 +356,15 @@ def _option_error(message: str) -> Exception:
 # -- settings and findings ----------------------------------------------------
 
 
+def _float_or_64(dtype: np.dtype) -> np.dtype:
+    """A floating dtype as is; anything else (a Python float's object) as float64."""
+    return (
+        dtype
+        if dtype.name in ("float16", "bfloat16", "float32", "float64")
+        else (np.dtype(np.float64))
+    )
+
+
 def _device() -> str:
     device = jax.devices()[0]
     return f"{device.platform} ({getattr(device, 'device_kind', 'unknown')})"
@@ -357,7 +385,11 @@ def _versions() -> dict[str, str]:
 
 
 def _findings(
-    traced: LossTrace, checked: Params, leaves: list[Any], loss_value: float
+    traced: LossTrace,
+    checked: Params,
+    leaves: list[Any],
+    loss_noise: float,
+    loss_dtype: np.dtype,
 ) -> list[str]:
     findings = []
     if not traced.ok:
@@ -379,6 +411,13 @@ def _findings(
             f"Parameters in {', '.join(low)} were checked against a float64"
             " evaluation of the same loss, never with finite differences in the low"
             " dtype."
+        )
+    if loss_noise > 16 * epsilon(loss_dtype):
+        findings.append(
+            f"The loss's rounding noise at `params` was measured at {loss_noise:.1e}"
+            f" of its value, more than {np.dtype(loss_dtype).name} alone explains"
+            " (it may compute in a narrower dtype inside, or sum large terms that"
+            " cancel); finite-difference steps and error estimates allow for it."
         )
     kinks = sum(len(leaf.kinks) for leaf in leaves)
     if kinks:

@@ -299,10 +299,15 @@ def _element(
         manual=manual,
         autodiff=autodiff,
         fd=fd,
-        abs_error=float(judgement.diff[position]),
-        rel_error=float(relative[position]),
+        abs_error=_or_inf(float(judgement.diff[position])),
+        rel_error=_or_inf(float(relative[position])),
         tolerance=float(judgement.tol[position]),
     )
+
+
+def _or_inf(value: float) -> float:
+    """A comparison with NaN on one side is infinitely wrong, not undefined."""
+    return float("inf") if np.isnan(value) else value
 
 
 _EXPLANATIONS = {
@@ -322,7 +327,7 @@ _EXPLANATIONS = {
     ),
     "fd_suspect": (
         "The hand-written gradient and jax.grad agree, but finite differences"
-        " disagree with both: the loss may not be differentiable here, or a"
+        " disagree with them: the loss may not be differentiable here, or a"
         " `stop_gradient` hides a dependence from jax.grad and the hand-written"
         " gradient alike."
     ),
@@ -336,6 +341,12 @@ _EXPLANATIONS = {
         " rule or a `stop_gradient` in the loss is the usual cause."
     ),
     "all_disagree": "All three sources disagree with each other.",
+    "inconclusive": (
+        "Nothing could be judged here: finite differences could not be trusted at"
+        " any element they looked at (kinks, or a loss too noisy for the step), and"
+        " there is no other source to compare with. Check at another point, or"
+        " make the loss traceable by JAX."
+    ),
     "manual_kink": (
         "The hand-written gradient makes a choice at a kink that is not a valid"
         " one-sided derivative (for example the full gradient routed to every tied"
@@ -353,11 +364,15 @@ def leaf_verdict(pairs: dict[str, PairResult], kink_invalid: bool) -> tuple[str,
         return None if result is None or not result.compared else result.ok
 
     ma, mf, af = status("manual-autodiff"), status("manual-fd"), status("autodiff-fd")
+    manual_present = "manual-autodiff" in pairs or "manual-fd" in pairs
+    judged = (ma, mf) if manual_present else (ma, mf, af)
     if any(
         r.worst is not None and not np.isfinite(r.max_abs_error) and not r.ok
         for r in pairs.values()
     ):
         code = "nonfinite"
+    elif all(s is None for s in judged):
+        code = "inconclusive"
     elif all(s in (True, None) for s in (ma, mf, af)):
         code = "agree"
     elif ma is False and kink_invalid and af in (True, None) and mf in (True, None):
@@ -394,7 +409,7 @@ def build_leaf(
         path=layout.paths[leaf_number],
         shape=layout.shapes[leaf_number],
         dtype=dtype,
-        ok=all(r.ok for r in results.values()),
+        ok=verdict != "inconclusive" and all(r.ok for r in results.values()),
         pairs=results,
         verdict=verdict,
         explanation=explanation,

@@ -87,7 +87,3 @@ class GradientMismatchError(GradauditError, AssertionError):
     def __init__(self, report: Report) -> None:
         super().__init__(report.summary())
         self.report = report
-
-
-class GradauditWarning(UserWarning):
-    """Something the user should know about a check that still completed."""

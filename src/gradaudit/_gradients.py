@@ -32,9 +32,7 @@ def autodiff_source(
     loss_dtype: np.dtype,
 ) -> tuple[Source, np.ndarray | None]:
     if not traced.ok:
-        return unavailable(
-            "autodiff", f"the loss is not traceable ({traced.reason})"
-        ), None
+        return unavailable("autodiff", "the loss is not traceable by JAX"), None
     try:
         high, low = autodiff_gradient(flat_loss, x)
     except Exception as error:

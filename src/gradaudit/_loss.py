@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import NondeterministicLossError
+from ._errors import NondeterministicLossError, SourceFailedError
 from ._paths import LeafLayout
 from ._precision import epsilon, lowest_precision, narrowing_casts
 from ._validate import call_user_function, check_loss_value
@@ -62,16 +62,56 @@ def device_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LossValue:
+    """The loss at `params`, and how it had to be called to get it.
+
+    Attributes:
+        value: the loss.
+        dtype: the dtype of what the loss returned (float32 for a numpy loss that
+            computes in float32, even when the input was float64).
+        host_arrays: `"jax"` or `"numpy"`, the array type the loss accepted for its
+            parameters when called from Python.
+    """
+
+    value: float
+    dtype: np.dtype
+    host_arrays: str
+
+
+def _host_tree(layout: LeafLayout, x: np.ndarray, host_arrays: str) -> Any:
+    flat = jnp.asarray(x) if host_arrays == "jax" else x.copy()
+    return layout.unflatten(flat)
+
+
 def evaluate_loss_twice(
     loss: Callable[..., Any], layout: LeafLayout, x: np.ndarray, args: tuple[Any, ...]
-) -> float:
-    """Evaluate the loss twice at `params`: a finite scalar, and the same both times."""
-    values = []
-    for _ in range(2):
-        tree = layout.unflatten(x.copy())
-        raw = call_user_function(loss, (tree, *copied_args(args)), "loss")
-        values.append(check_loss_value(raw, "at `params`"))
-    first, second = values
+) -> LossValue:
+    """Evaluate the loss twice at `params`: a finite scalar, and the same both times.
+
+    The parameters are passed as JAX arrays, as most losses expect; a loss that
+    needs numpy arrays (one that writes into them, say) is called with those
+    instead. Only when both fail is the loss reported as raising, with the error
+    the JAX call gave.
+    """
+    try:
+        host_arrays = "jax"
+        raw = call_user_function(
+            loss, (_host_tree(layout, x, "jax"), *copied_args(args)), "loss"
+        )
+    except SourceFailedError as jax_failure:
+        try:
+            host_arrays = "numpy"
+            raw = call_user_function(
+                loss, (_host_tree(layout, x, "numpy"), *copied_args(args)), "loss"
+            )
+        except SourceFailedError:
+            raise jax_failure from jax_failure.__cause__
+    first = check_loss_value(raw, "at `params`")
+    again = call_user_function(
+        loss, (_host_tree(layout, x, host_arrays), *copied_args(args)), "loss"
+    )
+    second = check_loss_value(again, "at `params`")
     if abs(first - second) > _DETERMINISM_ULPS * epsilon("float64") * abs(first):
         raise NondeterministicLossError(
             f"The loss returned {first!r} and then {second!r} for the same `params`"
@@ -81,7 +121,8 @@ def evaluate_loss_twice(
             first=first,
             second=second,
         )
-    return first
+    dtype = np.dtype(getattr(raw, "dtype", np.float64))
+    return LossValue(first, dtype, host_arrays)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +162,65 @@ def trace_loss(
 
 
 def flat_loss_function(
-    loss: Callable[..., Any], layout: LeafLayout, args: tuple[Any, ...], traceable: bool
+    loss: Callable[..., Any],
+    layout: LeafLayout,
+    args: tuple[Any, ...],
+    traceable: bool,
+    host_arrays: str = "numpy",
 ) -> Callable[[Any], Any]:
+    """The loss as a function of one flat vector: traced, or called from Python."""
     if traceable:
         # The output takes the input's dtype, so the same function serves the
         # float64 reference and the float32 sensitivity probe.
         return lambda flat: jnp.asarray(
             loss(layout.unflatten(flat), *device_args(args))
         ).astype(flat.dtype)
-    return lambda flat: float(loss(layout.unflatten(flat.copy()), *copied_args(args)))
+    return lambda flat: float(
+        loss(_host_tree(layout, flat, host_arrays), *copied_args(args))
+    )
+
+
+# A relative perturbation of 2**-14 moves a float32 loss by hundreds of its ulps,
+# so its rounding behaves like noise rather than a staircase, while the smooth part
+# of the fourth difference below (of order step**4, 1.4e-17) stays under float64's
+# epsilon.
+_NOISE_STEP = 2.0**-14
+# The fourth difference f(-2h) - 4 f(-h) + 6 f(0) - 4 f(h) + f(2h) of values with
+# independent rounding errors of size sigma has a spread of sqrt(70) sigma.
+_FOURTH_DIFFERENCE_SPREAD = float(np.sqrt(70.0))
+
+
+def measure_loss_noise(
+    flat_loss: Callable[[Any], Any],
+    x: np.ndarray,
+    scales: np.ndarray,
+    rng: np.random.Generator,
+    traceable: bool,
+    directions: int = 8,
+) -> float:
+    """The loss's rounding noise at `x`, relative to its value, measured.
+
+    The dtype a loss returns does not always say how precisely it computes: a numpy
+    loss may work in float32 and return a Python float. The fourth difference along
+    a few random directions cancels the smooth part of the loss and leaves its
+    rounding; the median over directions ignores one that happens to cross a kink.
+
+    Warning:
+        A kink exactly at `x` shows in every direction and inflates the estimate,
+        which makes the finite-difference steps larger than they need to be.
+    """
+    offsets = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    weights = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
+    vectors = scales * rng.standard_normal((directions, x.size))
+    points = x[None, None, :] + _NOISE_STEP * offsets[None, :, None] * vectors[:, None]
+    points = points.reshape(-1, x.size)
+    if traceable:
+        values = np.asarray(jax.jit(jax.vmap(flat_loss))(jnp.asarray(points)))
+    else:
+        values = np.array([flat_loss(point) for point in points])
+    values = values.reshape(directions, offsets.size)
+    if not np.all(np.isfinite(values)):
+        return 0.0
+    spread = np.abs(values @ weights) / _FOURTH_DIFFERENCE_SPREAD
+    magnitude = max(float(np.max(np.abs(values))), np.finfo(np.float64).tiny)
+    return float(np.median(spread)) / magnitude

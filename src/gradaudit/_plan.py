@@ -84,7 +84,8 @@ def plan_probes(
         samples_per_leaf: exact coordinates per leaf in sampled mode.
         directions_per_leaf: random directions per leaf in directional mode.
         disagreement: per coordinate, how far the hand-written gradient is from
-            jax.grad relative to the tolerance, or None when either is missing.
+            jax.grad in units of the rounding both can explain, or None when
+            either is missing.
     """
     size = layout.total_size
     coordinates: list[np.ndarray] = []
@@ -95,11 +96,11 @@ def plan_probes(
         parts = []
         if mode == "full" or leaf_size <= samples_per_leaf and "sampled" in mode:
             coordinates.append(np.arange(offset, offset + leaf_size))
-            parts.append(f"all {leaf_size} elements")
+            parts.append(_plural(leaf_size, "element", every=True))
         elif "sampled" in mode:
             chosen = _sample(offset, leaf_size, samples_per_leaf, rng, disagreement)
             coordinates.append(chosen)
-            parts.append(f"{chosen.size} of {leaf_size} elements")
+            parts.append(f"{chosen.size} of {_plural(leaf_size, 'element')}")
         if "directional" in mode and not (
             leaf_size <= samples_per_leaf and "sampled" in mode
         ):
@@ -109,7 +110,7 @@ def plan_probes(
                 v[part] = scales[part] * rng.standard_normal(leaf_size)
                 vectors.append(v)
                 vector_leaf.append(leaf)
-            parts.append(f"{directions_per_leaf} random directions")
+            parts.append(_plural(directions_per_leaf, "random direction"))
         coverage.append(" and ".join(parts))
 
     return Plan(
@@ -123,6 +124,12 @@ def plan_probes(
         ),
         coverage=tuple(coverage),
     )
+
+
+def _plural(count: int, noun: str, every: bool = False) -> str:
+    if count == 1:
+        return f"the only {noun}" if every else f"1 {noun}"
+    return f"{'all ' if every else ''}{count} {noun}s"
 
 
 def _sample(

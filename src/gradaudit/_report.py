@@ -87,12 +87,15 @@ class PairResult:
         ok: no element disagreed beyond its tolerance.
         compared: elements and directions judged.
         mismatched: how many of those disagreed.
-        unreliable: elements left out because finite differences cannot be trusted
-            there (a kink, or an error estimate as large as the value).
+        unreliable: elements left out of the verdict: where finite differences
+            cannot be trusted (a kink, or an error estimate as large as the
+            value), and, for `manual-autodiff`, disagreements at a kink where both
+            made a valid choice.
         max_abs_error: the largest `|a - b|` among judged elements.
         max_rel_error: the largest relative error among judged elements.
         worst: the element furthest beyond (or closest to) its tolerance.
-        mismatched_indices: element indices that disagreed (the first 100).
+        mismatched_indices: element indices that disagreed (the first 100); only
+            on per-leaf results, since an index means nothing without its leaf.
     """
 
     pair: str
@@ -137,9 +140,11 @@ class LeafReport:
         dtype: its dtype as passed.
         ok: every pair agrees on it.
         pairs: one `PairResult` per pair of available sources.
-        verdict: a short code: `"agree"`, `"manual_wrong"`, `"autodiff_suspect"`,
-            `"fd_suspect"`, `"manual_or_autodiff"`, `"all_disagree"` or
-            `"nonfinite"`.
+        verdict: a short code, one of `"agree"`, `"manual_wrong"`,
+            `"manual_wrong_vs_fd"`, `"manual_kink"`, `"manual_or_autodiff"`,
+            `"fd_suspect"`, `"autodiff_suspect"`, `"autodiff_vs_fd"`,
+            `"all_disagree"`, `"nonfinite"` or `"inconclusive"`; see
+            `docs/concepts.md` for the decision table.
         explanation: one sentence on what the verdict means here.
         coverage: which elements finite differences looked at.
         unreliable_indices: elements where finite differences could not be
@@ -171,18 +176,40 @@ class SourceInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The settings a check actually used (after defaults were resolved)."""
+    """The settings a check actually used.
+
+    Attributes:
+        mode: the mode that ran; "(auto)" marks one chosen by `mode="auto"`.
+        method: the finite-difference stencil.
+        step: the relative finite-difference step.
+        rtol: the `rtol` passed (None: chosen per pair, see `rtol_used`).
+        rtol_used: the relative tolerance applied to each pair.
+        atol: the absolute tolerance.
+        floor_fraction: the per-leaf floor, as a fraction of the leaf's scale.
+        noise_ulps: rounding units allowed per source.
+        seed: the seed of sampled coordinates and random directions.
+        reference_precision: how jax.grad and finite differences ran.
+        loss_precision: the narrowest dtype the loss computes in under float64.
+        loss_noise: the loss's rounding noise at `params`, relative to its value.
+        samples_per_leaf: coordinates per leaf, in sampled mode.
+        directions_per_leaf: random directions per leaf, in directional mode.
+        batch_size: directions evaluated side by side.
+        device: where the check ran.
+        versions: gradaudit, jax, jaxlib, numpy and Python versions.
+    """
 
     mode: str
     method: str
     step: float | None
     rtol: float | None
+    rtol_used: dict[str, float]
     atol: float
     floor_fraction: float
     noise_ulps: float
     seed: int
     reference_precision: str
     loss_precision: str
+    loss_noise: float
     samples_per_leaf: int | None
     directions_per_leaf: int | None
     batch_size: int | None
@@ -266,7 +293,8 @@ def _render_summary(report: Report) -> str:
             f"{name} ({result.compared} compared)"
             for name, result in report.pairs.items()
         )
-        lines.append(f"gradaudit: OK. All {total} leaves agree: {compared}.")
+        noun = "the only leaf" if total == 1 else f"all {total} leaves"
+        lines.append(f"gradaudit: OK on {noun}: {compared}.")
     else:
         lines.append(f"gradaudit: MISMATCH at {len(failing)} of {total} leaves.")
         for leaf in failing:

@@ -1,0 +1,99 @@
+"""Run every Python example in the documentation.
+
+Each ```python block in `docs/*.md` and `README.md` runs on its own, in a fresh
+namespace, so that a reader can paste any one of them into a session. A block preceded
+by the line `<!-- no-test -->` is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP_MARK = "<!-- no-test -->"
+_FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One fenced Python block: where it sits and what it says."""
+
+    path: Path
+    number: int
+    line: int
+    source: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.relative_to(ROOT).as_posix()}:{self.number}"
+
+
+def python_blocks(path: Path) -> list[Block]:
+    """The ```python blocks of one Markdown file, numbered from 1, skips left out."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    number = 0
+    previous = ""
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.match(lines[i])
+        if not opening:
+            if lines[i].strip():
+                previous = lines[i].strip()
+            i += 1
+            continue
+
+        # Find the closing fence: the same character, at least as long.
+        indent, fence, language = opening.groups()
+        end = i + 1
+        while end < len(lines) and not lines[end].strip().startswith(fence):
+            end += 1
+        body = [line[len(indent) :] for line in lines[i + 1 : end]]
+        if language == "python":
+            number += 1
+            if previous != SKIP_MARK:
+                blocks.append(Block(path, number, i + 1, "\n".join(body) + "\n"))
+        previous = ""
+        i = end + 1
+    return blocks
+
+
+def _collect() -> list[Block]:
+    files = sorted((ROOT / "docs").glob("*.md"))
+    readme = ROOT / "README.md"
+    if readme.exists():
+        files.insert(0, readme)
+    return [block for path in files for block in python_blocks(path)]
+
+
+BLOCKS = _collect()
+
+
+def test_the_docs_have_examples() -> None:
+    assert BLOCKS, "No ```python blocks were found under docs/."
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[block.name for block in BLOCKS])
+def test_example_runs(block: Block) -> None:
+    # Padding with blank lines makes tracebacks point at the line in the Markdown file.
+    source = "\n" * block.line + block.source
+    code = compile(source, str(block.path), "exec")
+    exec(code, {"__name__": f"docs_example_{block.number}"})
+
+
+def test_skip_mark_and_numbering(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Text.\n\n```python\nx = 1\n```\n\n<!-- no-test -->\n```python\nboom()\n```\n"
+        "\n```text\nnot python\n```\n\n````python\ny = 2\n````\n",
+        encoding="utf-8",
+    )
+    blocks = python_blocks(page)
+    assert [(b.number, b.line, b.source) for b in blocks] == [
+        (1, 3, "x = 1\n"),
+        (3, 16, "y = 2\n"),
+    ]
