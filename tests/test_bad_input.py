@@ -314,6 +314,14 @@ def test_unknown_mode_lists_the_valid_modes() -> None:
         assert repr(mode) in str(e.value)
 
 
+def test_unknown_precision_lists_the_valid_ones() -> None:
+    with pytest.raises(InvalidInputError, match=r"`precision` must be one of") as e:
+        gradaudit.check(_sin_loss, {"W": W0}, grad=_sin_grad, precision="float16")
+
+    assert "'float16'" in str(e.value)
+    assert "'float64'" in str(e.value) and "'float32'" in str(e.value)
+
+
 def test_unknown_method_lists_the_valid_methods() -> None:
     with pytest.raises(InvalidInputError, match=r"`method` must be one of") as e:
         gradaudit.check(_sin_loss, {"W": W0}, method="backward")

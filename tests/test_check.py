@@ -352,3 +352,14 @@ def test_assert_gradients_raises_with_the_report_and_returns_it_when_ok(rng):
         gradaudit.assert_gradients(mlp_loss, params, x, y, grad=wrong)
     assert isinstance(caught.value, AssertionError)
     assert caught.value.report.leaf("['b1']").verdict == "manual_wrong"
+
+
+def test_a_float32_reference_serves_devices_without_float64(rng):
+    params, x, y = mlp_point(rng, np.float32)
+    report = gradaudit.check(mlp_loss, params, x, y, grad=mlp_grad, precision="float32")
+    assert report.ok, report.summary()
+    assert report.settings.reference_precision.startswith("float32")
+    assert report.sources["fd"].dtype == "float32"
+    wrong = perturbed(mlp_grad, "W2", (1, 0), 1.01)
+    flagged = gradaudit.check(mlp_loss, params, x, y, grad=wrong, precision="float32")
+    assert [leaf.path for leaf in flagged.failing_leaves] == ["['W2']"]

@@ -29,6 +29,7 @@ PUBLIC_NAMES = [
     "SourceFailedError",
     "SourceInfo",
     "StructureMismatchError",
+    "TaylorResult",
     "assert_gradients",
     "check",
 ]

@@ -22,3 +22,4 @@ from ._report import PairResult as PairResult
 from ._report import Report as Report
 from ._report import Settings as Settings
 from ._report import SourceInfo as SourceInfo
+from ._taylor import TaylorResult as TaylorResult

@@ -29,7 +29,12 @@ from ._loss import (
     trace_loss,
 )
 from ._plan import MODES, plan_probes, resolve_mode_and_batch, step_for
-from ._precision import epsilon, lowest_precision, reference_precision
+from ._precision import (
+    REFERENCE_DTYPES,
+    epsilon,
+    lowest_precision,
+    reference_precision,
+)
 from ._report import Report, Settings, SourceInfo
 from ._sources import (
     SOURCE_NAMES,
@@ -39,6 +44,9 @@ from ._sources import (
     step_scales,
     unavailable,
 )
+from ._taylor import TaylorResult, convergence_order, is_consistent
+from ._taylor import remainders as taylor_remainders
+from ._taylor import values_along as taylor_values_along
 from ._tolerance import Tolerance
 from ._validate import Params, validate_params
 
@@ -59,8 +67,10 @@ def check(
     time_budget: float = 10.0,
     memory_budget: int = 2**30,
     sources: Sequence[str] = SOURCE_NAMES,
+    precision: str = "float64",
     floor_fraction: float = 1e-3,
     noise_ulps: float = 8.0,
+    taylor: bool = False,
 ) -> Report:
     """Compare a hand-written gradient with `jax.grad` and finite differences.
 
@@ -100,6 +110,14 @@ def check(
         time_budget: seconds of finite differences `auto` may spend on full mode.
         memory_budget: bytes the batched finite differences may hold at once.
         sources: which of `"manual"`, `"autodiff"`, `"fd"` to run.
+        precision: the dtype `jax.grad` and finite differences run in,
+            `"float64"` (the default, under x64) or `"float32"` for devices
+            without float64; the float32 reference is far less able to resolve
+            small errors and its tolerances are float32's.
+        taylor: also run the Taylor-remainder test (`report.taylor`): along
+            `directions_per_leaf` random directions per leaf, the remainder
+            `f(x + t v) - f(x) - t g.v` must shrink like `t**2`. A coarse second
+            opinion that needs no step or tolerance; it does not change `ok`.
         floor_fraction: see the tolerance rule.
         noise_ulps: see the tolerance rule.
 
@@ -127,6 +145,10 @@ def check(
     """
     tolerance = Tolerance(rtol, atol, floor_fraction, noise_ulps)
     _check_options(mode, method, step, samples_per_leaf, directions_per_leaf, sources)
+    if precision not in REFERENCE_DTYPES:
+        raise _option_error(
+            f"`precision` must be one of {REFERENCE_DTYPES}, got {precision!r}."
+        )
     checked = validate_params(params)
     layout = checked.layout
     wanted = set(sources) if grad is not None else set(sources) - {"manual"}
@@ -137,9 +159,9 @@ def check(
     if "manual" in wanted and grad is not None:
         found["manual"] = manual_source(grad, checked, args)
 
-    with reference_precision():
-        x = checked.flat64()
-        data = reference_args(args)
+    with reference_precision(precision):
+        x = checked.flat64().astype(precision)
+        data = reference_args(args, precision)
         loss_value = evaluate_loss_twice(loss, layout, x, data)
         traced = trace_loss(loss, layout, x, data)
         loss_dtype = lowest_precision(traced.loss_dtype, _float_or_64(loss_value.dtype))
@@ -218,6 +240,19 @@ def check(
         leaves, pairs = compare_all(
             layout, checked, found, fd, plan, tolerance, one_sided, scales
         )
+        taylor_results: tuple[TaylorResult, ...] = ()
+        if taylor:
+            taylor_results = _taylor_test(
+                flat_loss,
+                x,
+                layout,
+                found,
+                scales,
+                directions_per_leaf,
+                np.random.default_rng([seed, 2]),
+                traced.ok,
+                fd_epsilon,
+            )
 
     settings = Settings(
         mode=plan.mode if mode != "auto" else f"{plan.mode} (auto)",
@@ -232,7 +267,7 @@ def check(
         floor_fraction=floor_fraction,
         noise_ulps=noise_ulps,
         seed=seed,
-        reference_precision="float64 (x64, matmul precision highest)",
+        reference_precision=f"{precision} (matmul precision highest)",
         loss_precision=np.dtype(loss_dtype).name,
         loss_noise=loss_noise,
         samples_per_leaf=samples_per_leaf if "sampled" in plan.mode else None,
@@ -245,9 +280,65 @@ def check(
         name: SourceInfo(name, s.available, s.dtype if s.available else None, s.reason)
         for name, s in found.items()
     }
-    findings = _findings(traced, checked, leaves, loss_noise, loss_dtype)
+    findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, precision)
+    findings += [
+        f"The Taylor-remainder test finds {result.source} inconsistent with the loss"
+        f" on {result.path}: the remainder shrinks at order {result.order:.2g},"
+        " not 2, along random directions."
+        for result in taylor_results
+        if not result.ok
+    ]
     ok = all(leaf.ok for leaf in leaves)
-    return Report(ok, tuple(leaves), pairs, source_info, settings, tuple(findings))
+    return Report(
+        ok,
+        tuple(leaves),
+        pairs,
+        source_info,
+        settings,
+        tuple(findings),
+        taylor_results,
+    )
+
+
+def _taylor_test(
+    flat_loss: Callable[[Any], Any],
+    x: np.ndarray,
+    layout: Any,
+    found: dict[str, Source],
+    scales: np.ndarray,
+    directions_per_leaf: int,
+    rng: np.random.Generator,
+    traceable: bool,
+    loss_epsilon: float,
+) -> tuple[TaylorResult, ...]:
+    """Run the Taylor-remainder test for every full gradient, leaf by leaf."""
+    vectors, owner = [], []
+    for leaf, (offset, size) in enumerate(
+        zip(layout.offsets, layout.sizes, strict=True)
+    ):
+        for _ in range(directions_per_leaf):
+            v = np.zeros(x.size)
+            part = slice(offset, offset + size)
+            v[part] = scales[part] * rng.standard_normal(size)
+            vectors.append(v)
+            owner.append(leaf)
+    matrix, owner_of = np.asarray(vectors), np.asarray(owner)
+    values, base = taylor_values_along(flat_loss, x, matrix, traceable)
+
+    results = []
+    for name in ("manual", "autodiff"):
+        source = found.get(name)
+        if source is None or not source.available or source.gradient is None:
+            continue
+        remainder = taylor_remainders(values, base, matrix @ source.gradient)
+        for leaf, path in enumerate(layout.paths):
+            order = convergence_order(remainder[owner_of == leaf], base, loss_epsilon)
+            results.append(
+                TaylorResult(
+                    name, path, order, is_consistent(order), directions_per_leaf
+                )
+            )
+    return tuple(results)
 
 
 def assert_gradients(
@@ -390,6 +481,7 @@ def _findings(
     leaves: list[Any],
     loss_noise: float,
     loss_dtype: np.dtype,
+    precision: str,
 ) -> list[str]:
     findings = []
     if not traced.ok:
@@ -398,17 +490,17 @@ def _findings(
             f" ({traced.reason}), so jax.grad is unavailable and finite differences"
             " ran on the host, one evaluation at a time."
         )
-    if traced.narrowing or traced.loss_dtype != np.float64:
+    if traced.narrowing or traced.loss_dtype != np.dtype(precision):
         casts = ", ".join(traced.narrowing) or traced.loss_dtype.name
         findings.append(
-            f"The loss computes in {casts} even when given float64 inputs (it casts"
+            f"The loss computes in {casts} even when given {precision} inputs (it casts"
             " or returns a narrower dtype), so the reference is only as accurate as"
             f" {traced.loss_dtype.name}; steps and tolerances were set for that."
         )
     low = sorted({d.name for d in checked.dtypes if d.name in ("float16", "bfloat16")})
     if low:
         findings.append(
-            f"Parameters in {', '.join(low)} were checked against a float64"
+            f"Parameters in {', '.join(low)} were checked against a {precision}"
             " evaluation of the same loss, never with finite differences in the low"
             " dtype."
         )

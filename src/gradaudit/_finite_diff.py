@@ -183,7 +183,7 @@ def _combine(
 
 
 def _perturbation(directions: Directions, dense: Any, k: Any, size: int) -> Any:
-    onehot = jnp.zeros(size, jnp.float64).at[directions.index[k]].set(1.0)
+    onehot = jnp.zeros(size, dense.dtype).at[directions.index[k]].set(1.0)
     return onehot * directions.scale[k] + dense[directions.dense_row[k]]
 
 
@@ -201,12 +201,13 @@ def finite_differences(
     """Directional derivatives of `function` at `x` along every direction.
 
     Args:
-        function: maps a flat float64 vector to a scalar. With `traceable=True` it
+        function: maps a flat vector (float64, or float32 for a float32
+            reference) to a scalar. With `traceable=True` it
             must be a JAX function; it is compiled once, and all directions and
             stencil points run inside that one program (`jax.lax.map` over
             batches of `batch_size` directions, `jax.vmap` within a batch). With
             `traceable=False` it is called from Python once per point.
-        x: the flat float64 point.
+        x: the flat point, in the reference dtype.
         directions: what to differentiate along.
         method: one of `METHODS`.
         step: the relative step (a multiple of each direction's scale);
@@ -278,7 +279,7 @@ def _device_values(
     return run(
         jnp.asarray(x),
         jnp.asarray(directions.index),
-        jnp.asarray(directions.scale),
+        jnp.asarray(directions.scale, x.dtype),
         jnp.asarray(directions.dense_row),
-        jnp.asarray(directions.dense),
+        jnp.asarray(directions.dense, x.dtype),
     )

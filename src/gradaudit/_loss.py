@@ -21,7 +21,7 @@ from ._validate import call_user_function, check_loss_value
 _DETERMINISM_ULPS = 64.0
 
 
-def reference_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+def reference_args(args: tuple[Any, ...], dtype: str = "float64") -> tuple[Any, ...]:
     """Floating data in float64 for the reference; everything else as it is.
 
     numpy arrays are copied, so a loss that writes into its inputs cannot change
@@ -32,7 +32,7 @@ def reference_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
         if isinstance(leaf, np.ndarray | jax.Array | np.generic):
             dtype = np.dtype(leaf.dtype)
             if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
-                return np.array(leaf, dtype=np.float64)
+                return np.array(leaf, dtype=dtype)
             if isinstance(leaf, np.ndarray):
                 return leaf.copy()
         return leaf
@@ -112,7 +112,7 @@ def evaluate_loss_twice(
         loss, (_host_tree(layout, x, host_arrays), *copied_args(args)), "loss"
     )
     second = check_loss_value(again, "at `params`")
-    if abs(first - second) > _DETERMINISM_ULPS * epsilon("float64") * abs(first):
+    if abs(first - second) > _DETERMINISM_ULPS * epsilon(x.dtype) * abs(first):
         raise NondeterministicLossError(
             f"The loss returned {first!r} and then {second!r} for the same `params`"
             " and `args`, so no gradient of it can be checked. If it draws random"
@@ -121,7 +121,7 @@ def evaluate_loss_twice(
             first=first,
             second=second,
         )
-    dtype = np.dtype(getattr(raw, "dtype", np.float64))
+    dtype = np.dtype(getattr(raw, "dtype", x.dtype))
     return LossValue(first, dtype, host_arrays)
 
 
@@ -149,13 +149,13 @@ def trace_loss(
         return LossTrace(
             False,
             reason,
-            np.dtype(np.float64),
+            np.dtype(x.dtype),
             (),
             "evaluated on the host, one point at a time (the loss is not traceable)",
         )
     out_dtype = np.dtype(closed.out_avals[0].dtype)
-    narrowing = tuple(sorted(narrowing_casts(closed.jaxpr)))
-    loss_dtype = lowest_precision(np.float64, out_dtype, *narrowing)
+    narrowing = tuple(sorted(narrowing_casts(closed.jaxpr, x.dtype.name)))
+    loss_dtype = lowest_precision(x.dtype, out_dtype, *narrowing)
     return LossTrace(
         True, "", loss_dtype, narrowing, "one jitted program on the device"
     )

@@ -29,23 +29,28 @@ def lowest_precision(*dtypes: Any) -> np.dtype:
     return max((np.dtype(d) for d in dtypes), key=epsilon)
 
 
-@contextlib.contextmanager
-def reference_precision() -> Iterator[None]:
-    """Run JAX in float64 with full-precision matmuls, restoring both on exit.
+REFERENCE_DTYPES = ("float64", "float32")
 
-    Forcing `highest` matmul precision keeps TF32 or bfloat16 passes on GPUs and TPUs
-    from blurring a real difference into agreement.
+
+@contextlib.contextmanager
+def reference_precision(dtype: str = "float64") -> Iterator[None]:
+    """Run JAX in `dtype` with full-precision matmuls, restoring both on exit.
+
+    float64 turns x64 on; float32, for devices without float64, turns it off so that
+    arrays created inside default to float32. Forcing `highest` matmul precision
+    keeps TF32 or bfloat16 passes on GPUs and TPUs from blurring a real difference
+    into agreement.
     """
-    with jax.enable_x64(True), jax.default_matmul_precision("highest"):
+    with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
         yield
 
 
-def narrowing_casts(jaxpr: Any) -> set[str]:
-    """Floating dtypes narrower than float64 that a float64 computation casts to.
+def narrowing_casts(jaxpr: Any, reference: str = "float64") -> set[str]:
+    """Floating dtypes narrower than `reference` that a computation casts to.
 
     Walks the jaxpr, including sub-jaxprs of control flow and custom rules, looking
-    for `convert_element_type` from float64 to a narrower float: the mark of a loss
-    that silently computes part of itself in float32 even under x64.
+    for `convert_element_type` from the reference dtype to a narrower float: the
+    mark of a loss that silently computes part of itself in float32 even under x64.
     """
     found: set[str] = set()
     for eqn in jaxpr.eqns:
@@ -54,11 +59,11 @@ def narrowing_casts(jaxpr: Any) -> set[str]:
             target = eqn.params.get("new_dtype")
             if (
                 target is not None
-                and np.dtype(source) == np.float64
+                and np.dtype(source) == np.dtype(reference)
                 and is_float_dtype(target)
-                and np.dtype(target) != np.float64
+                and epsilon(target) > epsilon(reference)
             ):
                 found.add(np.dtype(target).name)
         for sub in jaxprs_in_params(eqn.params):
-            found |= narrowing_casts(sub)
+            found |= narrowing_casts(sub, reference)
     return found

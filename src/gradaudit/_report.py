@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any
 
+from ._taylor import TaylorResult
+
 SCHEMA_VERSION = 1
 PAIRS = ("manual-autodiff", "manual-fd", "autodiff-fd")
 
@@ -229,6 +231,8 @@ class Report:
         sources: one `SourceInfo` per source.
         settings: what was run.
         findings: sentences about the check as a whole (precision, kinks, ...).
+        taylor: the Taylor-remainder test per source and leaf, when requested with
+            `taylor=True` (see `TaylorResult`); it informs but does not change `ok`.
     """
 
     ok: bool
@@ -237,6 +241,7 @@ class Report:
     sources: dict[str, SourceInfo]
     settings: Settings
     findings: tuple[str, ...] = ()
+    taylor: tuple[TaylorResult, ...] = ()
 
     def leaf(self, path: str) -> LeafReport:
         """The `LeafReport` for a `keystr` path such as `"['W1']"`."""
@@ -395,4 +400,10 @@ def _render_table(report: Report) -> str:
                 f" {_number(kink.autodiff)} ({kink.autodiff_choice})."
             )
         lines.append(f"{leaf.path}: finite differences covered {leaf.coverage}.")
+    for taylor in report.taylor:
+        verdict = "consistent" if taylor.ok else "INCONSISTENT (expected order 2)"
+        lines.append(
+            f"Taylor test, {taylor.source} on {taylor.path}: remainder order"
+            f" {_number(taylor.order)} over {taylor.directions} directions: {verdict}."
+        )
     return "\n".join(line.rstrip() for line in lines)

@@ -183,6 +183,8 @@ def autodiff_gradient(
     with x64 off, only measures rounding sensitivity; it is None if it fails.
     """
     high = np.asarray(jax.jit(jax.grad(flat_loss))(jnp.asarray(x)), np.float64)
+    if x.dtype != np.float64:
+        return high, None  # a float32 reference has no higher precision to probe
     try:
         with jax.enable_x64(False):
             low32 = jax.jit(jax.grad(flat_loss))(jnp.asarray(x, jnp.float32))
