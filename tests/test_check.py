@@ -363,3 +363,17 @@ def test_a_float32_reference_serves_devices_without_float64(rng):
     wrong = perturbed(mlp_grad, "W2", (1, 0), 1.01)
     flagged = gradaudit.check(mlp_loss, params, x, y, grad=wrong, precision="float32")
     assert [leaf.path for leaf in flagged.failing_leaves] == ["['W2']"]
+
+
+def test_float32_data_is_lifted_to_the_float64_reference(rng):
+    # jax.lax.conv refuses mixed dtypes, so this only runs if the data (not only
+    # the parameters) reaches the loss in float64.
+    def loss(w, x):
+        out = jax.lax.conv_general_dilated(x, w, (1,), "VALID")
+        return jnp.sum(jnp.tanh(out) ** 2)
+
+    x = rng.normal(size=(2, 1, 7)).astype(np.float32)
+    w = rng.normal(size=(1, 1, 3)).astype(np.float32)
+    report = gradaudit.check(loss, w, x, grad=jax.grad(loss))
+    assert report.ok, report.summary()
+    assert report.sources["autodiff"].dtype == "float64"

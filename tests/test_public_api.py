@@ -14,7 +14,9 @@ import pytest
 import gradaudit
 
 PUBLIC_NAMES = [
+    "Diagnosis",
     "Element",
+    "ErrorMap",
     "GradauditError",
     "GradientMismatchError",
     "InvalidInputError",

@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from ._check import assert_gradients as assert_gradients
 from ._check import check as check
+from ._diagnose import Diagnosis as Diagnosis
 from ._errors import GradauditError as GradauditError
 from ._errors import GradientMismatchError as GradientMismatchError
 from ._errors import InvalidInputError as InvalidInputError
@@ -16,6 +17,7 @@ from ._errors import SourceFailedError as SourceFailedError
 from ._errors import StructureMismatchError as StructureMismatchError
 from ._report import SCHEMA_VERSION as SCHEMA_VERSION
 from ._report import Element as Element
+from ._report import ErrorMap as ErrorMap
 from ._report import KinkNote as KinkNote
 from ._report import LeafReport as LeafReport
 from ._report import PairResult as PairResult

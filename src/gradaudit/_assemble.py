@@ -259,6 +259,11 @@ def compare_all(
                 unreliable_indices,
                 tuple(kink_notes.get(leaf, ())),
                 leaf in kink_invalid_leaves,
+                {
+                    name: error_map
+                    for name, judgement in judgements.items()
+                    if (error_map := compare.error_map(judgement, leaf, layout))
+                },
             )
         )
     pairs = {name: compare.total(name, results) for name, results in per_pair.items()}

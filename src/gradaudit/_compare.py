@@ -13,7 +13,14 @@ from collections.abc import Callable
 import numpy as np
 
 from ._paths import LeafLayout
-from ._report import Element, KinkNote, LeafReport, PairResult
+from ._report import (
+    MAX_MAP_ELEMENTS,
+    Element,
+    ErrorMap,
+    KinkNote,
+    LeafReport,
+    PairResult,
+)
 from ._sources import Estimates, Probes, Source
 from ._tolerance import Tolerance
 
@@ -40,6 +47,7 @@ class PairJudgement:
     tol: np.ndarray
     unreliable: np.ndarray
     mismatch: np.ndarray
+    excused: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +128,11 @@ def judge_pair(
         )
         finite = np.isfinite(first.values) & np.isfinite(second.values)
         mismatch = ~unreliable & (~finite | (diff > tol))
-    if excused is not None:
-        # Valid but different choices at a kink are left out, like unreliable ones.
-        mismatch &= ~excused
-        unreliable = unreliable | excused
+    if excused is None:
+        excused = np.zeros_like(mismatch)
+    # Valid but different choices at a kink are left out, like unreliable ones.
+    mismatch &= ~excused
+    unreliable = unreliable | excused
     return PairJudgement(
         pair,
         probes,
@@ -135,6 +144,7 @@ def judge_pair(
         tol,
         unreliable,
         mismatch,
+        excused,
     )
 
 
@@ -228,6 +238,7 @@ def summarise(
     judged = on_leaf & ~judgement.unreliable
     mismatch = on_leaf & judgement.mismatch
     compared = int(judged.sum())
+    kink_choices = int((on_leaf & judgement.excused).sum())
     if not compared:
         return PairResult(
             judgement.pair,
@@ -238,6 +249,7 @@ def summarise(
             0.0,
             0.0,
             None,
+            kink_choices=kink_choices,
         )
     diff = np.where(judged, judgement.diff, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -268,6 +280,32 @@ def summarise(
             for p in np.flatnonzero(mismatch)[:_LISTED]
             if p < judgement.probes.coordinates.size
         ),
+        kink_choices=kink_choices,
+    )
+
+
+def error_map(
+    judgement: PairJudgement, leaf_number: int, layout: LeafLayout
+) -> ErrorMap | None:
+    """The per-element picture of one pair on one leaf, or None for a large leaf."""
+    size = layout.sizes[leaf_number]
+    if size > MAX_MAP_ELEMENTS:
+        return None
+    coordinates = judgement.probes.coordinates
+    on_leaf = np.flatnonzero(judgement.leaf[: coordinates.size] == leaf_number)
+    local = coordinates[on_leaf] - layout.offsets[leaf_number]
+    relative, over = np.full(size, np.nan), np.full(size, np.nan)
+    judged = ~judgement.unreliable[on_leaf]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff, reference = judgement.diff[on_leaf], np.abs(judgement.reference[on_leaf])
+        rel = np.where(diff == 0, 0.0, diff / reference)
+        ratio = diff / judgement.tol[on_leaf]
+    relative[local[judged]] = np.where(np.isnan(rel), np.inf, rel)[judged]
+    over[local[judged]] = np.where(np.isnan(ratio), np.inf, ratio)[judged]
+    return ErrorMap(
+        relative=tuple(float(v) for v in relative),
+        over_tolerance=tuple(float(v) for v in over),
+        unreliable=tuple(int(i) for i in local[~judged]),
     )
 
 
@@ -361,7 +399,9 @@ def leaf_verdict(pairs: dict[str, PairResult], kink_invalid: bool) -> tuple[str,
 
     def status(name: str) -> bool | None:
         result = pairs.get(name)
-        return None if result is None or not result.compared else result.ok
+        if result is None or not (result.compared or result.kink_choices):
+            return None
+        return result.ok
 
     ma, mf, af = status("manual-autodiff"), status("manual-fd"), status("autodiff-fd")
     manual_present = "manual-autodiff" in pairs or "manual-fd" in pairs
@@ -403,6 +443,7 @@ def build_leaf(
     unreliable_indices: tuple[tuple[int, ...], ...],
     kinks: tuple[KinkNote, ...],
     kink_invalid: bool,
+    error_maps: dict[str, ErrorMap],
 ) -> LeafReport:
     verdict, explanation = leaf_verdict(results, kink_invalid)
     return LeafReport(
@@ -416,6 +457,7 @@ def build_leaf(
         coverage=coverage,
         unreliable_indices=unreliable_indices[:_LISTED],
         kinks=kinks[:20],
+        error_maps=error_maps,
     )
 
 
@@ -439,6 +481,7 @@ def total(pair: str, per_leaf: list[PairResult]) -> PairResult:
         compared=sum(r.compared for r in per_leaf),
         mismatched=sum(r.mismatched for r in per_leaf),
         unreliable=sum(r.unreliable for r in per_leaf),
+        kink_choices=sum(r.kink_choices for r in per_leaf),
         max_abs_error=max(r.max_abs_error for r in per_leaf),
         max_rel_error=max(r.max_rel_error for r in per_leaf),
         worst=worst,

@@ -22,7 +22,7 @@ _DETERMINISM_ULPS = 64.0
 
 
 def reference_args(args: tuple[Any, ...], dtype: str = "float64") -> tuple[Any, ...]:
-    """Floating data in float64 for the reference; everything else as it is.
+    """Floating data in the reference dtype; everything else as it is.
 
     numpy arrays are copied, so a loss that writes into its inputs cannot change
     the user's data.
@@ -30,8 +30,8 @@ def reference_args(args: tuple[Any, ...], dtype: str = "float64") -> tuple[Any, 
 
     def convert(leaf: Any) -> Any:
         if isinstance(leaf, np.ndarray | jax.Array | np.generic):
-            dtype = np.dtype(leaf.dtype)
-            if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
+            own = np.dtype(leaf.dtype)
+            if np.issubdtype(own, np.floating) or own.name == "bfloat16":
                 return np.array(leaf, dtype=dtype)
             if isinstance(leaf, np.ndarray):
                 return leaf.copy()

@@ -11,9 +11,12 @@ import json
 import math
 from typing import Any
 
+from ._diagnose import Diagnosis
 from ._taylor import TaylorResult
 
 SCHEMA_VERSION = 1
+# Leaves larger than this get no per-element error map, to keep reports small.
+MAX_MAP_ELEMENTS = 16384
 PAIRS = ("manual-autodiff", "manual-fd", "autodiff-fd")
 
 SOURCE_TITLES = {
@@ -98,6 +101,8 @@ class PairResult:
         worst: the element furthest beyond (or closest to) its tolerance.
         mismatched_indices: element indices that disagreed (the first 100); only
             on per-leaf results, since an index means nothing without its leaf.
+        kink_choices: for `manual-autodiff`, disagreements at a kink where both
+            sources made a valid choice (counted in `unreliable` as well).
     """
 
     pair: str
@@ -109,6 +114,7 @@ class PairResult:
     max_rel_error: float
     worst: Element | None
     mismatched_indices: tuple[tuple[int, ...], ...] = ()
+    kink_choices: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +139,24 @@ class KinkNote:
 
 
 @dataclasses.dataclass(frozen=True)
+class ErrorMap:
+    """Where on a leaf one pair disagrees, element by element, for heat maps.
+
+    Attributes:
+        relative: per element in C order, `|a - b| / |reference|` (inf where the
+            reference is 0 and the values differ); nan where not compared.
+        over_tolerance: per element, `|a - b| / tolerance`; above 1 is a mismatch;
+            nan where not compared.
+        unreliable: flat indices left out of the verdict (finite differences not
+            trusted there, or a valid choice at a kink).
+    """
+
+    relative: tuple[float, ...]
+    over_tolerance: tuple[float, ...]
+    unreliable: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class LeafReport:
     """Everything about one leaf of `params`.
 
@@ -152,6 +176,10 @@ class LeafReport:
         unreliable_indices: elements where finite differences could not be
             trusted (the first 100).
         kinks: elements at a kink, with each source's choice (the first 20).
+        error_maps: per pair, an `ErrorMap` of the leaf, for leaves of at most
+            `MAX_MAP_ELEMENTS` elements (empty otherwise).
+        diagnosis: for a leaf whose hand-written gradient is judged wrong, the
+            likely mistake (see `Diagnosis`); None otherwise.
     """
 
     path: str
@@ -164,6 +192,8 @@ class LeafReport:
     coverage: str
     unreliable_indices: tuple[tuple[int, ...], ...] = ()
     kinks: tuple[KinkNote, ...] = ()
+    error_maps: dict[str, ErrorMap] = dataclasses.field(default_factory=dict)
+    diagnosis: Diagnosis | None = None
 
 
 @dataclasses.dataclass(frozen=True)
