@@ -143,6 +143,7 @@ def test_complex_params_leaf_is_named_with_a_split_suggestion() -> None:
 
     assert isinstance(excinfo.value, TypeError)
     assert "real and imaginary" in str(excinfo.value)
+    assert "conjugate" in str(excinfo.value)
 
 
 @pytest.mark.parametrize(
@@ -298,6 +299,7 @@ def test_nondeterministic_loss_suggests_a_fixed_prng_key() -> None:
     assert isinstance(error, ValueError)
     assert error.first != error.second
     assert repr(error.first) in str(error) and repr(error.second) in str(error)
+    assert f"a spread of {abs(error.first - error.second):.3g}" in str(error)
     assert "jax.random.key(0)" in str(error)
 
 

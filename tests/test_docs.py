@@ -2,7 +2,8 @@
 
 Each ```python block in `docs/*.md` and `README.md` runs on its own, in a fresh
 namespace, so that a reader can paste any one of them into a session. A block preceded
-by the line `<!-- no-test -->` is left out.
+by the line `<!-- no-test -->` is left out. A page that walks through one session,
+marked by the line `<!-- one-session -->`, runs its blocks in order in one namespace.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_MARK = "<!-- no-test -->"
+SESSION_MARK = "<!-- one-session -->"
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 
 
@@ -62,15 +64,31 @@ def python_blocks(path: Path) -> list[Block]:
     return blocks
 
 
-def _collect() -> list[Block]:
+def _pages() -> list[Path]:
     files = sorted((ROOT / "docs").glob("*.md"))
     readme = ROOT / "README.md"
     if readme.exists():
         files.insert(0, readme)
-    return [block for path in files for block in python_blocks(path)]
+    return files
 
 
-BLOCKS = _collect()
+def _is_one_session(path: Path) -> bool:
+    return SESSION_MARK in path.read_text(encoding="utf-8").splitlines()
+
+
+BLOCKS = [
+    block
+    for path in _pages()
+    if not _is_one_session(path)
+    for block in python_blocks(path)
+]
+SESSIONS = [path for path in _pages() if _is_one_session(path)]
+
+
+def _run(block: Block, namespace: dict) -> None:
+    # Padding with blank lines makes tracebacks point at the line in the Markdown file.
+    source = "\n" * block.line + block.source
+    exec(compile(source, str(block.path), "exec"), namespace)
 
 
 def test_the_docs_have_examples() -> None:
@@ -79,10 +97,18 @@ def test_the_docs_have_examples() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.name for block in BLOCKS])
 def test_example_runs(block: Block) -> None:
-    # Padding with blank lines makes tracebacks point at the line in the Markdown file.
-    source = "\n" * block.line + block.source
-    code = compile(source, str(block.path), "exec")
-    exec(code, {"__name__": f"docs_example_{block.number}"})
+    _run(block, {"__name__": f"docs_example_{block.number}"})
+
+
+@pytest.mark.parametrize(
+    "page", SESSIONS, ids=[path.relative_to(ROOT).as_posix() for path in SESSIONS]
+)
+def test_walkthrough_runs_in_order(page: Path) -> None:
+    namespace: dict = {"__name__": "docs_walkthrough"}
+    blocks = python_blocks(page)
+    assert blocks, f"{page.name} is marked {SESSION_MARK} but has no examples."
+    for block in blocks:
+        _run(block, namespace)
 
 
 def test_skip_mark_and_numbering(tmp_path: Path) -> None:

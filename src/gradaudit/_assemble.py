@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _compare as compare
+from ._diagnose import CheckFacts, LeafFacts, diagnose_leaves
 from ._paths import LeafLayout
 from ._plan import full_probes
 from ._report import PAIRS, KinkNote, LeafReport, PairResult
@@ -25,8 +26,9 @@ def compare_all(
     tolerance: Tolerance,
     one_sided: compare.OneSidedSlopes,
     scales: np.ndarray,
+    check_facts: CheckFacts,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Judge every available pair and assemble per-leaf results."""
+    """Judge every available pair, assemble per-leaf results, diagnose failures."""
     fd_probes: Probes = plan.probes
     every = full_probes(layout, plan)
     manual, autodiff = found["manual"], found["autodiff"]
@@ -231,6 +233,7 @@ def compare_all(
         return lookup
 
     leaves: list[LeafReport] = []
+    facts: list[LeafFacts] = []
     per_pair: dict[str, list[PairResult]] = {n: [] for n in PAIRS if n in judgements}
     for leaf in range(len(layout.paths)):
         results = {}
@@ -239,6 +242,10 @@ def compare_all(
                 j = judgements[name]
                 results[name] = compare.summarise(j, leaf, layout, values_for(j.probes))
                 per_pair[name].append(results[name])
+        elements = {
+            name: compare.leaf_elements(judgement, leaf, layout)
+            for name, judgement in judgements.items()
+        }
         unreliable_indices: tuple[tuple[int, ...], ...] = ()
         if reliability is not None:
             leaf_of = fd_probes.leaf_numbers(layout)
@@ -261,11 +268,13 @@ def compare_all(
                 leaf in kink_invalid_leaves,
                 {
                     name: error_map
-                    for name, judgement in judgements.items()
-                    if (error_map := compare.error_map(judgement, leaf, layout))
+                    for name, part in elements.items()
+                    if (error_map := compare.error_map(part)) is not None
                 },
             )
         )
+        facts.append(_leaf_facts(leaf, layout, checked, found, elements))
+    leaves = diagnose_leaves(leaves, facts, check_facts)
     pairs = {name: compare.total(name, results) for name, results in per_pair.items()}
     return leaves, pairs
 
@@ -279,3 +288,62 @@ def _choice(
     if not joint_ok and "not a valid" not in text:
         text += ", but jointly with the other tied elements it is not a valid choice"
     return text
+
+
+def _leaf_facts(
+    leaf: int,
+    layout: LeafLayout,
+    checked: Params,
+    found: dict[str, Source],
+    elements: dict[str, compare.LeafElements],
+) -> LeafFacts:
+    """The evidence a diagnosis of one leaf draws on, shaped like the leaf."""
+    shape = layout.shapes[leaf]
+
+    def shaped(flat: np.ndarray | None) -> np.ndarray | None:
+        return None if flat is None else np.asarray(flat, np.float64).reshape(shape)
+
+    def on_leaf(source: Source, values: np.ndarray | None) -> np.ndarray | None:
+        if not source.available or values is None:
+            return None
+        return shaped(layout.split(values)[leaf])
+
+    manual, autodiff = found["manual"], found["autodiff"]
+    manual_values = on_leaf(manual, manual.gradient)
+    reference, name, tolerance = None, "jax.grad", None
+    if "manual-autodiff" in elements:
+        reference = on_leaf(autodiff, autodiff.gradient)
+        tolerance = shaped(elements["manual-autodiff"].tolerance)
+    elif "manual-fd" in elements:
+        reference = shaped(elements["manual-fd"].second)
+        tolerance = shaped(elements["manual-fd"].tolerance)
+        name = "finite differences"
+
+    nonfinite: dict[str, tuple[tuple[int, ...], int]] = {}
+    fd_values = next(
+        (part.second for key, part in elements.items() if key.endswith("-fd")), None
+    )
+    for source, values in (
+        ("manual", manual_values),
+        ("autodiff", on_leaf(autodiff, autodiff.gradient)),
+        ("fd", shaped(fd_values)),
+    ):
+        if values is None:
+            continue
+        flat = values.reshape(-1)
+        # Unprobed elements are nan by construction, not by the source.
+        probed = ~np.isnan(flat) if source == "fd" else np.ones(flat.size, bool)
+        bad = np.flatnonzero(~np.isfinite(flat) & probed)
+        if bad.size:
+            index = tuple(int(i) for i in np.unravel_index(bad[0], shape))
+            nonfinite[source] = (index, int(bad.size))
+    return LeafFacts(
+        param=checked.leaves[leaf].astype(np.float64),
+        manual=manual_values,
+        reference=reference,
+        reference_name=name,
+        tolerance=tolerance,
+        noise=on_leaf(manual, manual.noise),
+        manual_dtype=manual.dtype,
+        first_nonfinite=nonfinite,
+    )

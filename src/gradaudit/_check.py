@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from ._assemble import compare_all
+from ._diagnose import CheckFacts, data_sizes
 from ._errors import GradientMismatchError, InvalidInputError
 from ._finite_diff import METHODS, Directions, finite_differences
 from ._gradients import (
@@ -132,7 +133,7 @@ def check(
         InvalidTypeError: (a `TypeError`) non-array, integer, boolean or complex
             leaves, or a loss that returns a non-float.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradaudit
         >>> def loss(w, x):
@@ -237,8 +238,13 @@ def check(
                 reason = "no `grad` given" if name == "manual" else "not requested"
                 found[name] = unavailable(name, reason)
 
+        check_facts = CheckFacts(
+            data_sizes=data_sizes(args),
+            rules=traced.rules,
+            loss_precision=np.dtype(loss_dtype).name,
+        )
         leaves, pairs = compare_all(
-            layout, checked, found, fd, plan, tolerance, one_sided, scales
+            layout, checked, found, fd, plan, tolerance, one_sided, scales, check_facts
         )
         taylor_results: tuple[TaylorResult, ...] = ()
         if taylor:
@@ -355,7 +361,7 @@ def assert_gradients(
     Raises:
         GradientMismatchError: (an `AssertionError`) carrying the `Report`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import gradaudit
         >>> def loss(w):

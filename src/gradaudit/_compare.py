@@ -284,28 +284,69 @@ def summarise(
     )
 
 
-def error_map(
+@dataclasses.dataclass(frozen=True)
+class LeafElements:
+    """One pair's judgement on one leaf, element by element, in C order.
+
+    Elements no coordinate probe looked at (sampled modes) hold nan everywhere.
+
+    Attributes:
+        first: the first source's value.
+        second: the second source's value.
+        tolerance: the tolerance that applied; nan where not judged.
+        unreliable: elements probed but left out of the verdict.
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    tolerance: np.ndarray
+    unreliable: np.ndarray
+
+    @property
+    def judged(self) -> np.ndarray:
+        return np.isfinite(self.tolerance)
+
+    @property
+    def over_tolerance(self) -> np.ndarray:
+        """`|first - second| / tolerance`; nan where not judged."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.abs(self.first - self.second) / self.tolerance
+        finite = np.isfinite(self.first) & np.isfinite(self.second)
+        ratio = np.where(self.judged & ~finite, np.inf, ratio)
+        return np.where(self.judged & (self.first == self.second), 0.0, ratio)
+
+
+def leaf_elements(
     judgement: PairJudgement, leaf_number: int, layout: LeafLayout
-) -> ErrorMap | None:
-    """The per-element picture of one pair on one leaf, or None for a large leaf."""
+) -> LeafElements:
+    """Spread a pair's per-probe judgement on one leaf back over its elements."""
     size = layout.sizes[leaf_number]
-    if size > MAX_MAP_ELEMENTS:
-        return None
     coordinates = judgement.probes.coordinates
     on_leaf = np.flatnonzero(judgement.leaf[: coordinates.size] == leaf_number)
     local = coordinates[on_leaf] - layout.offsets[leaf_number]
-    relative, over = np.full(size, np.nan), np.full(size, np.nan)
-    judged = ~judgement.unreliable[on_leaf]
+    first, second, tolerance = (np.full(size, np.nan) for _ in range(3))
+    unreliable = np.zeros(size, bool)
+    first[local] = judgement.a[on_leaf]
+    second[local] = judgement.b[on_leaf]
+    left_out = judgement.unreliable[on_leaf]
+    tolerance[local[~left_out]] = judgement.tol[on_leaf][~left_out]
+    unreliable[local[left_out]] = True
+    return LeafElements(first, second, tolerance, unreliable)
+
+
+def error_map(elements: LeafElements) -> ErrorMap | None:
+    """The per-element picture of one pair on one leaf, or None for a large leaf."""
+    if elements.first.size > MAX_MAP_ELEMENTS:
+        return None
+    judged = elements.judged
+    diff = np.abs(elements.first - elements.second)
     with np.errstate(divide="ignore", invalid="ignore"):
-        diff, reference = judgement.diff[on_leaf], np.abs(judgement.reference[on_leaf])
-        rel = np.where(diff == 0, 0.0, diff / reference)
-        ratio = diff / judgement.tol[on_leaf]
-    relative[local[judged]] = np.where(np.isnan(rel), np.inf, rel)[judged]
-    over[local[judged]] = np.where(np.isnan(ratio), np.inf, ratio)[judged]
+        relative = np.where(diff == 0, 0.0, diff / np.abs(elements.second))
+    relative = np.where(judged, np.where(np.isnan(relative), np.inf, relative), np.nan)
     return ErrorMap(
         relative=tuple(float(v) for v in relative),
-        over_tolerance=tuple(float(v) for v in over),
-        unreliable=tuple(int(i) for i in local[~judged]),
+        over_tolerance=tuple(float(v) for v in elements.over_tolerance),
+        unreliable=tuple(int(i) for i in np.flatnonzero(elements.unreliable)),
     )
 
 

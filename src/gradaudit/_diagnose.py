@@ -1,24 +1,599 @@
-"""Naming the likely mistake in a hand-written gradient judged wrong."""
+"""Naming the likely cause of a disagreement, from the evidence the sources hold.
+
+Most wrong hand-written gradients fall into a few patterns: a constant factor, a
+flipped sign, a transposed or swapped leaf, a missing term, or an error confined
+to one row, channel or border. Each pattern predicts the hand-written gradient
+from the reference (jax.grad, or finite differences without it); a pattern is
+named only when its prediction matches the hand-written gradient within the same
+tolerance the check itself applied, so a diagnosis is evidence, not a guess.
+Disagreements that are not the hand-written gradient's fault get a cause drawn
+from the loss itself: a kink, a `stop_gradient` or custom rule, a narrow dtype.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
+
+import numpy as np
+
+from ._report import Diagnosis, KinkNote, LeafReport
+
+# A prediction explains the hand-written gradient when every judged element is
+# within this many tolerances of it: the pattern's parameter is itself estimated
+# from the data, so it carries a little of the data's rounding.
+_SLACK = 4.0
+# A region is only named when this share of the leaf's elements was judged.
+_REGION_COVERAGE = 0.9
+# Factors are recognised as simple fractions with denominators up to this.
+_MAX_DENOMINATOR = 16
+_FACTOR_RTOL = 1e-4
+_MANUAL_VERDICTS = ("manual_wrong", "manual_wrong_vs_fd", "manual_or_autodiff")
+_CUSTOM_RULES = ("custom_vjp_call", "custom_jvp_call")
 
 
 @dataclasses.dataclass(frozen=True)
-class Diagnosis:
-    """The likely mistake on one leaf, and the evidence for it.
+class LeafFacts:
+    """What the sources say about one leaf, shaped like the leaf.
 
     Attributes:
-        kind: a short code for the pattern found (see `docs/reading-a-report.md`).
-        summary: one line naming the mistake, e.g. "scaled by 0.5 (the 1/2 of a
-            squared loss?)".
-        evidence: the numbers behind it.
-        detail: the pattern's parameters, e.g. `{"factor": 0.5}`.
+        param: the leaf's value.
+        manual: the hand-written gradient, or None.
+        reference: jax.grad's gradient, or finite differences (nan where not
+            probed) without it; None when neither is there.
+        reference_name: which of the two `reference` is.
+        tolerance: the tolerance applied between `manual` and `reference`; nan
+            where an element was not judged.
+        noise: the rounding allowance of `manual`.
+        manual_dtype: the precision the hand-written gradient computed in.
+        first_nonfinite: per source, the index of its first non-finite value and
+            how many there are.
     """
 
-    kind: str
-    summary: str
-    evidence: str
-    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    param: np.ndarray
+    manual: np.ndarray | None
+    reference: np.ndarray | None
+    reference_name: str
+    tolerance: np.ndarray | None
+    noise: np.ndarray | None
+    manual_dtype: str
+    first_nonfinite: dict[str, tuple[tuple[int, ...], int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckFacts:
+    """What the whole check knows that bears on a cause.
+
+    Attributes:
+        data_sizes: every axis length in the loss's data (and their products),
+            to recognise a mean taken where the loss sums.
+        rules: where the loss uses `stop_gradient` and custom rules, per
+            primitive (see `_loss.special_rules`).
+        loss_precision: the dtype the loss computes in.
+    """
+
+    data_sizes: frozenset[int]
+    rules: dict[str, tuple[str, ...]]
+    loss_precision: str
+
+
+def data_sizes(args: Sequence[Any]) -> frozenset[int]:
+    """Axis lengths of every array in the data, and products of neighbours."""
+    sizes: set[int] = set()
+    for leaf in _array_leaves(args):
+        shape = tuple(int(n) for n in np.shape(leaf))
+        sizes.update(shape)
+        sizes.update(a * b for a, b in zip(shape, shape[1:], strict=False))
+        if shape:
+            sizes.add(int(np.prod(shape)))
+    return frozenset(n for n in sizes if n > 2)
+
+
+def _array_leaves(tree: Any) -> list[Any]:
+    import jax
+
+    return [leaf for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape")]
+
+
+def diagnose_leaves(
+    leaves: Sequence[LeafReport], facts: Sequence[LeafFacts], check: CheckFacts
+) -> list[LeafReport]:
+    """Attach a `Diagnosis` to every failing leaf."""
+    diagnosed = []
+    for number, leaf in enumerate(leaves):
+        diagnosis = None
+        if not leaf.ok:
+            diagnosis = diagnose(
+                leaf, facts[number], _others(leaves, facts, number), check
+            )
+        diagnosed.append(dataclasses.replace(leaf, diagnosis=diagnosis))
+    return diagnosed
+
+
+def _others(
+    leaves: Sequence[LeafReport], facts: Sequence[LeafFacts], number: int
+) -> list[tuple[str, LeafFacts]]:
+    return [
+        (leaf.path, fact)
+        for i, (leaf, fact) in enumerate(zip(leaves, facts, strict=True))
+        if i != number
+    ]
+
+
+def diagnose(
+    leaf: LeafReport,
+    facts: LeafFacts,
+    others: Sequence[tuple[str, LeafFacts]],
+    check: CheckFacts,
+) -> Diagnosis | None:
+    """The likely cause of one failing leaf's disagreement, or None."""
+    if facts.first_nonfinite:
+        return _nonfinite(facts.first_nonfinite)
+    if leaf.verdict == "manual_kink":
+        return _kink(leaf.kinks)
+    if leaf.verdict in _MANUAL_VERDICTS:
+        return _manual_mistake(facts, others, check)
+    if leaf.verdict == "fd_suspect":
+        return _fd_cause(leaf.kinks, check)
+    if leaf.verdict in ("autodiff_suspect", "autodiff_vs_fd"):
+        return _autodiff_cause(check)
+    return None
+
+
+def _nonfinite(found: dict[str, tuple[tuple[int, ...], int]]) -> Diagnosis:
+    parts = [
+        f"{_SOURCE_TEXT[name]} has {count} non-finite value"
+        f"{'s' if count > 1 else ''}, the first at index {index}"
+        for name, (index, count) in found.items()
+    ]
+    name, (index, count) = next(iter(found.items()))
+    return Diagnosis(
+        "nonfinite",
+        parts[0],
+        "; ".join(parts).capitalize() + ".",
+        {"source": name, "first_index": list(index), "count": count},
+    )
+
+
+_SOURCE_TEXT = {
+    "manual": "the hand-written gradient",
+    "autodiff": "jax.grad",
+    "fd": "finite differences",
+}
+
+
+def _kink(kinks: Sequence[KinkNote]) -> Diagnosis:
+    sides = [note.autodiff_choice for note in kinks]
+    left = sum("left" in side for side in sides)
+    right = sum("right" in side for side in sides)
+    took = (
+        "the slope from the left"
+        if left > right
+        else "the slope from the right"
+        if right > left
+        else "one-sided slopes"
+    )
+    where = ", ".join(str(note.index) for note in kinks[:5])
+    return Diagnosis(
+        "kink",
+        f"the hand-written value is neither one-sided slope; jax.grad took {took}",
+        f"{len(kinks)} element(s) sit within a step of a kink ({where}); jax.grad"
+        f" took the left slope at {left} and the right slope at {right}.",
+        {"elements": len(kinks), "autodiff_left": left, "autodiff_right": right},
+    )
+
+
+def _fd_cause(kinks: Sequence[KinkNote], check: CheckFacts) -> Diagnosis:
+    stops = len(check.rules.get("stop_gradient", ()))
+    if stops:
+        return Diagnosis(
+            "stop_gradient",
+            "finite differences see through a stop_gradient that both gradients honour",
+            f"The loss uses stop_gradient {stops} time(s): jax.grad and the"
+            " hand-written gradient agree with each other, and finite differences"
+            " of the loss cannot tell a stopped path from any other.",
+            {"stop_gradient": stops},
+        )
+    if check.loss_precision != "float64":
+        return Diagnosis(
+            "loss_precision",
+            f"the loss computes in {check.loss_precision}, too coarse for finite"
+            " differences here",
+            "jax.grad and the hand-written gradient agree; finite differences of a"
+            f" loss rounded to {check.loss_precision} do not.",
+            {"loss_precision": check.loss_precision},
+        )
+    return Diagnosis(
+        "fd_step",
+        "finite differences disagree with two gradients that agree: the loss may"
+        " not be smooth here, or the step may not suit its curvature",
+        f"{len(kinks)} kink(s) noted on this leaf. Try method='richardson' or a"
+        " smaller step to confirm.",
+    )
+
+
+def _autodiff_cause(check: CheckFacts) -> Diagnosis:
+    custom = [label for name in _CUSTOM_RULES for label in check.rules.get(name, ())]
+    if custom:
+        used = ", ".join(custom)
+        return Diagnosis(
+            "custom_rule",
+            f"jax.grad goes through a custom rule ({used}) that disagrees with the"
+            " loss",
+            "Finite differences of the loss, and the hand-written gradient where"
+            " given, disagree with jax.grad, and the loss defines its own derivative"
+            f" in {used}: the likeliest place for the error.",
+            {"rules": custom},
+        )
+    stops = len(check.rules.get("stop_gradient", ()))
+    if stops:
+        return Diagnosis(
+            "stop_gradient",
+            "jax.grad stops at a stop_gradient that the loss's values do not show",
+            f"The loss uses stop_gradient {stops} time(s); jax.grad honours it,"
+            " finite differences of the loss cannot.",
+            {"stop_gradient": stops},
+        )
+    return Diagnosis(
+        "autodiff",
+        "jax.grad disagrees with finite differences of the loss",
+        "The loss has no custom rule of its own and no stop_gradient; a JAX"
+        " primitive's derivative at a non-smooth point is the likeliest cause.",
+    )
+
+
+def _manual_mistake(
+    facts: LeafFacts, others: Sequence[tuple[str, LeafFacts]], check: CheckFacts
+) -> Diagnosis | None:
+    if facts.manual is None or facts.reference is None or facts.tolerance is None:
+        return None
+    fit = _Fit(facts)
+    if not fit.judged.any():
+        return None
+    if fit.explains(fit.reference):
+        # Every difference is within a few tolerances: too close to call a pattern.
+        return _with_noise_note(_region(fit) or _no_pattern(fit), facts)
+    diagnosis = (
+        _zero(fit)
+        or _scale(fit, check.data_sizes)
+        or _transpose(fit)
+        or _swap(fit, others)
+        or _missing_term(fit)
+        or _region(fit)
+        or _no_pattern(fit)
+    )
+    return _with_noise_note(diagnosis, facts)
+
+
+class _Fit:
+    """The hand-written gradient and its reference on the judged elements."""
+
+    def __init__(self, facts: LeafFacts) -> None:
+        assert facts.manual is not None and facts.reference is not None
+        assert facts.tolerance is not None
+        self.facts = facts
+        self.manual = facts.manual
+        self.reference = facts.reference
+        self.tolerance = facts.tolerance
+        self.judged = (
+            np.isfinite(self.tolerance)
+            & np.isfinite(self.manual)
+            & np.isfinite(self.reference)
+        )
+        self.m = self.manual[self.judged]
+        self.r = self.reference[self.judged]
+        self.tol = self.tolerance[self.judged]
+        self.over = np.abs(self.m - self.r) > self.tol
+        self.name = facts.reference_name
+
+    def explains(self, prediction: np.ndarray, factor: float = 1.0) -> bool:
+        """Whether `prediction` (leaf-shaped) matches the hand-written gradient."""
+        predicted = prediction[self.judged]
+        if not np.all(np.isfinite(predicted)):
+            return False
+        allowed = _SLACK * self.tol * max(1.0, abs(factor))
+        return bool(np.all(np.abs(self.m - predicted) <= allowed))
+
+    def factor_against(self, basis: np.ndarray) -> float | None:
+        """The least-squares c with manual - reference ~ c * basis, or None."""
+        b = basis[self.judged]
+        norm = float(b @ b)
+        if norm == 0 or not np.isfinite(norm):
+            return None
+        return float((self.m - self.r) @ b / norm)
+
+
+def _zero(fit: _Fit) -> Diagnosis | None:
+    if np.any(fit.m != 0) or not np.any(fit.over):
+        return None
+    return Diagnosis(
+        "zero",
+        "zero everywhere: the gradient never reaches this leaf",
+        f"The hand-written gradient is 0 on all {fit.m.size} judged elements;"
+        f" {fit.name} is not (largest |value| {_fmt(np.max(np.abs(fit.r)))}).",
+    )
+
+
+def _scale(fit: _Fit, sizes: frozenset[int]) -> Diagnosis | None:
+    norm = float(fit.r @ fit.r)
+    if norm == 0:
+        return None
+    factor = float(fit.m @ fit.r / norm)
+    if factor == 0 or not fit.explains(factor * fit.reference, factor):
+        return None
+    evidence = (
+        f"The hand-written gradient equals {_fmt(factor)} times {fit.name} on all"
+        f" {fit.m.size} judged elements, within the check's tolerance."
+    )
+    detail: dict[str, Any] = {"factor": factor}
+    if _close(factor, -1.0):
+        return Diagnosis("sign", "the sign is flipped", evidence, detail)
+    named = _named_factor(abs(factor), sizes)
+    summary = named or f"scaled by {_factor_text(abs(factor))}"
+    if named:
+        detail["meaning"] = named
+    if factor < 0:
+        summary += ", and the sign is flipped"
+    return Diagnosis("scale", summary, evidence, detail)
+
+
+def _named_factor(magnitude: float, sizes: frozenset[int]) -> str | None:
+    if _close(magnitude, 2.0):
+        return "twice the reference (the 1/2 of a squared loss dropped?)"
+    if _close(magnitude, 0.5):
+        return "half the reference (a 1/2 too many, as in the 1/2 of a squared loss?)"
+    for size in sorted(sizes):
+        if _close(magnitude, float(size)):
+            return (
+                f"{size} times the reference, and {size} is a size in the data"
+                " (a sum where the loss takes a mean?)"
+            )
+        if _close(magnitude, 1.0 / size):
+            return (
+                f"1/{size} of the reference, and {size} is a size in the data"
+                " (a mean where the loss sums?)"
+            )
+    return None
+
+
+def _transpose(fit: _Fit) -> Diagnosis | None:
+    shape = fit.reference.shape
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        return None
+    transposed = np.swapaxes(fit.reference, -1, -2)
+    if not fit.explains(transposed):
+        return None
+    return Diagnosis(
+        "transpose",
+        "transposed: it holds the transpose of the reference",
+        f"With its last two axes swapped, {fit.name}'s gradient matches the"
+        f" hand-written one on all {fit.m.size} judged elements.",
+    )
+
+
+def _swap(fit: _Fit, others: Sequence[tuple[str, LeafFacts]]) -> Diagnosis | None:
+    for path, other in others:
+        if other.reference is None or other.reference.shape != fit.reference.shape:
+            continue
+        if not fit.explains(other.reference):
+            continue
+        mutual = (
+            other.manual is not None
+            and fit.reference is not None
+            and np.allclose(other.manual, fit.reference, rtol=1e-6, atol=0.0)
+        )
+        summary = f"holds the gradient of {path}"
+        if mutual:
+            summary += f", and {path} holds this one's: the two are swapped"
+        return Diagnosis(
+            "swap",
+            summary,
+            f"The hand-written gradient matches {fit.name}'s gradient of {path} on"
+            f" all {fit.m.size} judged elements.",
+            {"other": path, "mutual": bool(mutual)},
+        )
+    return None
+
+
+def _missing_term(fit: _Fit) -> Diagnosis | None:
+    param = fit.facts.param
+    candidates: list[tuple[str, np.ndarray, Callable[[float], str]]] = [
+        ("l2", param, _l2_text),
+        ("l1", np.sign(param), _l1_text),
+        ("constant", np.ones_like(param), _constant_text),
+    ]
+    for name, basis, text in candidates:
+        factor = fit.factor_against(basis)
+        if factor is None or factor == 0:
+            continue
+        if fit.explains(fit.reference + factor * basis):
+            return Diagnosis(
+                "missing_term",
+                text(factor),
+                f"The hand-written gradient minus {fit.name}'s is {_fmt(factor)}"
+                f" times {_BASIS_TEXT[name]} on all {fit.m.size} judged elements.",
+                {"term": name, "factor": factor},
+            )
+    return None
+
+
+_BASIS_TEXT = {
+    "l2": "the parameter itself",
+    "l1": "the parameter's sign",
+    "constant": "one",
+}
+
+
+def _presence(factor: float) -> str:
+    return "missing" if factor < 0 else "extra"
+
+
+def _l2_text(factor: float) -> str:
+    return (
+        f"a {_presence(factor)} L2 regularisation term: the difference is"
+        f" {_fmt(factor)} times the parameter"
+    )
+
+
+def _l1_text(factor: float) -> str:
+    return (
+        f"a {_presence(factor)} L1 regularisation term: the difference is"
+        f" {_fmt(factor)} times the parameter's sign"
+    )
+
+
+def _constant_text(factor: float) -> str:
+    return f"off by the same {_fmt(factor)} on every element: a constant term"
+
+
+def _region(fit: _Fit) -> Diagnosis | None:
+    shape = fit.reference.shape
+    if fit.judged.mean() < _REGION_COVERAGE:
+        return None
+    bad = np.zeros(fit.judged.shape, bool)
+    bad[fit.judged] = fit.over
+    bad_indices = np.argwhere(bad.reshape(shape) if shape else bad.reshape(1))
+    if len(bad_indices) == 0:
+        return None
+    what = _region_contents(fit, bad)
+    total = bad.size
+    if len(bad_indices) == 1:
+        index = tuple(int(i) for i in bad_indices[0]) if shape else ()
+        return Diagnosis(
+            "region",
+            f"only one element is wrong, at index {index}{what}",
+            f"1 of {total} elements disagrees.",
+            {"region": "element", "index": list(index)},
+        )
+    for axis in range(len(shape)):
+        values = np.unique(bad_indices[:, axis])
+        if values.size == 1 and shape[axis] > 1:
+            return _slice_diagnosis(shape, axis, int(values[0]), len(bad_indices), what)
+    return _border(shape, bad_indices, bad, what)
+
+
+def _slice_diagnosis(
+    shape: tuple[int, ...], axis: int, index: int, count: int, what: str
+) -> Diagnosis:
+    # The last index along the first axis of a sequence is its last time step;
+    # the leaf's shape cannot tell a sequence from a weight, so it is a question.
+    last_step = axis == 0 and len(shape) >= 2 and index == shape[0] - 1
+    if len(shape) == 1:
+        region, summary = "slice", f"wrong only at index {index}"
+    elif len(shape) == 2:
+        region = "row" if axis == 0 else "column"
+        summary = f"wrong only in {region} {index}"
+        if last_step:
+            summary += " (the last row: the last time step of a sequence?)"
+    else:
+        region = "channel"
+        summary = f"wrong only at index {index} along axis {axis} (one channel)"
+        if last_step:
+            summary += ", the last (the last time step of a sequence?)"
+    if last_step:
+        region = "last_timestep"
+    return Diagnosis(
+        "region",
+        summary + what,
+        f"All {count} disagreeing elements have index {index} along axis {axis}.",
+        {"region": region, "axis": axis, "index": index},
+    )
+
+
+def _border(
+    shape: tuple[int, ...], bad_indices: np.ndarray, bad: np.ndarray, what: str
+) -> Diagnosis | None:
+    if len(shape) < 2:
+        return None
+    spatial = shape[-2:]
+    rows, cols = bad_indices[:, -2], bad_indices[:, -1]
+    depth = np.minimum(
+        np.minimum(rows, spatial[0] - 1 - rows), np.minimum(cols, spatial[1] - 1 - cols)
+    )
+    width = int(depth.max()) + 1
+    if 2 * width >= min(spatial):
+        return None
+    sides = {
+        "top": bool(np.any(rows < width)),
+        "bottom": bool(np.any(rows >= spatial[0] - width)),
+        "left": bool(np.any(cols < width)),
+        "right": bool(np.any(cols >= spatial[1] - width)),
+    }
+    if sum(sides.values()) < 2:
+        return None
+    return Diagnosis(
+        "region",
+        f"wrong only on a border {width} element(s) wide over the last two axes"
+        f" (a convolution's padding?){what}",
+        f"All {len(bad_indices)} disagreeing elements lie within {width} of an edge"
+        f" ({', '.join(side for side, hit in sides.items() if hit)}); the interior"
+        " agrees.",
+        {"region": "border", "width": width},
+    )
+
+
+def _region_contents(fit: _Fit, bad: np.ndarray) -> str:
+    manual = fit.manual.reshape(-1)[bad.reshape(-1)]
+    reference = fit.reference.reshape(-1)[bad.reshape(-1)]
+    if np.all(manual == 0):
+        return " (zero there)"
+    if manual.size == 1:
+        return ""
+    norm = float(reference @ reference)
+    if norm > 0:
+        factor = float(manual @ reference / norm)
+        if np.allclose(manual, factor * reference, rtol=1e-4, atol=0.0):
+            return f" (scaled by {_factor_text(factor)} there)"
+    return ""
+
+
+def _no_pattern(fit: _Fit) -> Diagnosis:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.abs(fit.m - fit.r) / np.abs(fit.r)
+    relative = relative[fit.over]
+    count = int(fit.over.sum())
+    return Diagnosis(
+        "no_pattern",
+        f"no simple pattern: {count} of {fit.m.size} judged elements disagree",
+        f"Relative error among them: median {_fmt(np.nanmedian(relative))}, largest"
+        f" {_fmt(np.nanmax(relative))}. No constant factor, transpose, swap with"
+        " another leaf, regularisation term or region explains the difference.",
+        {"mismatched": count},
+    )
+
+
+def _with_noise_note(diagnosis: Diagnosis, facts: LeafFacts) -> Diagnosis:
+    if facts.manual_dtype == "float64" or facts.noise is None:
+        return diagnosis
+    assert facts.manual is not None and facts.reference is not None
+    judged = np.isfinite(facts.manual) & np.isfinite(facts.reference)
+    if not judged.any():
+        return diagnosis
+    difference = float(np.max(np.abs(facts.manual - facts.reference)[judged]))
+    noise = float(np.max(facts.noise[judged]))
+    if noise <= 0 or difference <= 0:
+        return diagnosis
+    note = (
+        f" The {facts.manual_dtype} rounding of the hand-written gradient is"
+        f" estimated at up to {_fmt(noise)} here, against a difference of"
+        f" {_fmt(difference)} ({_fmt(difference / noise)} times larger), so this is"
+        " not rounding."
+    )
+    return dataclasses.replace(diagnosis, evidence=diagnosis.evidence + note)
+
+
+def _close(value: float, target: float) -> bool:
+    return abs(value - target) <= _FACTOR_RTOL * abs(target)
+
+
+def _factor_text(factor: float) -> str:
+    fraction = Fraction(factor).limit_denominator(_MAX_DENOMINATOR)
+    if fraction.denominator != 1 and _close(factor, float(fraction)):
+        return f"{fraction.numerator}/{fraction.denominator}"
+    return _fmt(factor)
+
+
+def _fmt(value: float) -> str:
+    return f"{float(value):.4g}"

@@ -4,12 +4,14 @@ the precision it really computes in."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 
 from ._errors import NondeterministicLossError, SourceFailedError
 from ._paths import LeafLayout
@@ -115,7 +117,9 @@ def evaluate_loss_twice(
     if abs(first - second) > _DETERMINISM_ULPS * epsilon(x.dtype) * abs(first):
         raise NondeterministicLossError(
             f"The loss returned {first!r} and then {second!r} for the same `params`"
-            " and `args`, so no gradient of it can be checked. If it draws random"
+            f" and `args` (a spread of {abs(first - second):.3g},"
+            f" {abs(first - second) / max(abs(first), 1e-300):.3g} of its value),"
+            " so no gradient of it can be checked. If it draws random"
             " numbers (dropout, noise, sampling), pass a fixed PRNG key through"
             " `args` (e.g. `jax.random.key(0)`) or seed the generator inside it.",
             first=first,
@@ -134,6 +138,7 @@ class LossTrace:
     loss_dtype: np.dtype
     narrowing: tuple[str, ...]
     fd_note: str
+    rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 def trace_loss(
@@ -157,8 +162,52 @@ def trace_loss(
     narrowing = tuple(sorted(narrowing_casts(closed.jaxpr, x.dtype.name)))
     loss_dtype = lowest_precision(x.dtype, out_dtype, *narrowing)
     return LossTrace(
-        True, "", loss_dtype, narrowing, "one jitted program on the device"
+        True,
+        "",
+        loss_dtype,
+        narrowing,
+        "one jitted program on the device",
+        special_rules(closed.jaxpr),
     )
+
+
+_SPECIAL_RULES = ("stop_gradient", "custom_vjp_call", "custom_jvp_call")
+_JAX_SOURCE = os.path.dirname(jax.__file__)
+
+
+def special_rules(jaxpr: Any) -> dict[str, tuple[str, ...]]:
+    """Where a jaxpr, sub-jaxprs included, stops or overrides differentiation.
+
+    `stop_gradient` and custom rules make jax.grad differ from the derivative of
+    the loss's values on purpose, and are the first suspects when it does. Custom
+    rules are named by the function they decorate ("softplus at model.py:12");
+    JAX's own (`logaddexp`, `relu`, ...) are left out, since they are not where a
+    user's bug lives.
+    """
+    found: dict[str, list[str]] = {}
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "stop_gradient":
+            found.setdefault(name, []).append(name)
+        elif name in _SPECIAL_RULES:
+            where = _rule_source(eqn.params.get("call_jaxpr"))
+            if where is not None and _JAX_SOURCE not in where:
+                found.setdefault(name, []).append(_short_source(where))
+        for sub in jaxprs_in_params(eqn.params):
+            for inner, labels in special_rules(sub).items():
+                found.setdefault(inner, []).extend(labels)
+    return {name: tuple(labels) for name, labels in found.items()}
+
+
+def _rule_source(call_jaxpr: Any) -> str | None:
+    info = getattr(getattr(call_jaxpr, "jaxpr", call_jaxpr), "debug_info", None)
+    return getattr(info, "func_src_info", None)
+
+
+def _short_source(where: str) -> str:
+    """ "softplus at /long/path/model.py:12" as "softplus at model.py:12"."""
+    name, _, location = where.partition(" at ")
+    return f"{name} at {os.path.basename(location)}" if location else where
 
 
 def flat_loss_function(

@@ -11,7 +11,6 @@ import json
 import math
 from typing import Any
 
-from ._diagnose import Diagnosis
 from ._taylor import TaylorResult
 
 SCHEMA_VERSION = 1
@@ -154,6 +153,28 @@ class ErrorMap:
     relative: tuple[float, ...]
     over_tolerance: tuple[float, ...]
     unreliable: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """The likely cause of a leaf's disagreement, and the evidence for it.
+
+    Attributes:
+        kind: the pattern or cause found. For a hand-written gradient judged
+            wrong: `scale`, `sign`, `transpose`, `swap`, `zero`, `missing_term`,
+            `region`, `nonfinite`, or `no_pattern` when nothing simple fits.
+            Otherwise: `kink`, `stop_gradient`, `custom_rule`, `loss_precision`,
+            `fd_step` or `autodiff`. See `docs/reading-a-report.md`.
+        summary: one line naming it, e.g. "half the reference: a 1/2 too many
+            (the 1/2 of a squared loss?)".
+        evidence: the numbers behind it.
+        detail: the pattern's parameters, e.g. `{"factor": 0.5}`.
+    """
+
+    kind: str
+    summary: str
+    evidence: str
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +354,11 @@ def _render_summary(report: Report) -> str:
     else:
         lines.append(f"gradaudit: MISMATCH at {len(failing)} of {total} leaves.")
         for leaf in failing:
-            lines.append(f"  {leaf.path}: {leaf.explanation}")
+            lines.append(f"  {leaf.path}: {_headline(leaf)}")
+        for leaf in failing:
+            lines.append(f"{leaf.path}: {leaf.explanation}")
+            if leaf.diagnosis is not None:
+                lines.append(f"    Evidence: {leaf.diagnosis.evidence}")
             worst = _worst_failure(leaf)
             if worst is not None:
                 pair, result = worst
@@ -366,6 +391,27 @@ def _render_summary(report: Report) -> str:
         + (" " + "; ".join(unavailable) + "." if unavailable else "")
     )
     return "\n".join(lines)
+
+
+_VERDICT_HEADLINES = {
+    "manual_wrong": "hand-written gradient wrong",
+    "manual_wrong_vs_fd": "hand-written gradient wrong (against finite differences)",
+    "manual_or_autodiff": "hand-written gradient and jax.grad disagree",
+    "manual_kink": "hand-written gradient not a valid choice at a kink",
+    "fd_suspect": "finite differences disagree with both gradients",
+    "autodiff_suspect": "jax.grad disagrees with the hand-written gradient and fd",
+    "autodiff_vs_fd": "jax.grad and finite differences disagree",
+    "all_disagree": "all three sources disagree",
+    "nonfinite": "non-finite values",
+}
+
+
+def _headline(leaf: LeafReport) -> str:
+    """One line naming what is wrong on a failing leaf."""
+    verdict = _VERDICT_HEADLINES.get(leaf.verdict, leaf.verdict)
+    if leaf.diagnosis is None:
+        return verdict + "."
+    return f"{verdict}: {leaf.diagnosis.summary}."
 
 
 def _worst_failure(leaf: LeafReport) -> tuple[str, PairResult] | None:

@@ -30,7 +30,10 @@ _NOT_FLOAT = (
 )
 _COMPLEX = (
     "Leaf {path} of `params` is complex ({dtype}); complex parameters are not"
-    " supported yet. Split it into real and imaginary float leaves."
+    " supported. Conventions differ there (jax.grad of a real loss returns the"
+    " conjugate of the gradient PyTorch returns), so a hand-written gradient could"
+    " be right in one and wrong in the other. Split the leaf into real and"
+    " imaginary float leaves, whose gradients have one meaning."
 )
 _EMPTY_LEAF = (
     "Leaf {path} of `params` has shape {shape} and no elements, so there is nothing"
