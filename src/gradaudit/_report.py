@@ -328,6 +328,12 @@ class Report:
         """The report as a JSON string (non-finite numbers become strings)."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def to_html(self, title: str = "gradaudit report") -> str:
+        """The report as one self-contained HTML page with per-leaf heat maps."""
+        from ._html import render_html
+
+        return render_html({"check": self}, title)
+
 
 def _clean(value: Any) -> Any:
     """Make data JSON-safe: tuples to lists, nan/inf to strings."""
