@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from ._assemble import compare_all
+from ._batching import measured_batch_size
 from ._diagnose import CheckFacts, data_sizes
 from ._errors import GradientMismatchError, InvalidInputError
 from ._finite_diff import METHODS, Directions, finite_differences
@@ -180,7 +181,7 @@ def check(
         _require_two(found, grad is not None, "fd" in wanted)
 
         scales = step_scales(x, layout)
-        resolved_mode, batch_size = resolve_mode_and_batch(
+        resolved_mode, memory_bound = resolve_mode_and_batch(
             mode, flat_loss, x, method, traced.ok, time_budget, memory_budget
         )
         rng = np.random.default_rng(seed)
@@ -218,7 +219,27 @@ def check(
             return float(result.left[0]), float(result.right[0]), float(result.error[0])
 
         fd: Estimates | None = None
+        batch_size: int | None = None
         if "fd" in wanted:
+            batch_size = 1
+            if traced.ok:
+
+                def timed(batch: int, count: int) -> object:
+                    return fd_estimates(
+                        flat_loss,
+                        x,
+                        plan.probes.first(count),
+                        scales,
+                        method=method,
+                        step=step,
+                        loss_epsilon=fd_epsilon,
+                        batch_size=batch,
+                        traceable=True,
+                    )
+
+                batch_size = measured_batch_size(
+                    timed, memory_bound, plan.probes.count, x.size, method
+                )
             fd = fd_estimates(
                 flat_loss,
                 x,

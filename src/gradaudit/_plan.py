@@ -171,7 +171,7 @@ def resolve_mode_and_batch(
     time_budget: float,
     memory_budget: int,
 ) -> tuple[str, int]:
-    """The concrete mode, and how many directions to evaluate side by side."""
+    """The concrete mode, and the most directions memory lets run side by side."""
     per_direction = len(_OFFSETS[method])
     if traceable:
         compiled = jax.jit(flat_loss).lower(jnp.asarray(x)).compile()
@@ -187,13 +187,11 @@ def resolve_mode_and_batch(
 
 
 def _batch_size(compiled: Any, x: np.ndarray, per_direction: int, budget: int) -> int:
-    """How many directions to vmap together, within the memory budget.
+    """The most directions the memory budget lets run side by side.
 
     Each direction in flight holds its own copies of the parameter vector and the
-    loss's intermediates at every stencil point. On a CPU, measured on two cores, an
-    on-device loop over single directions beats wide batches (each batch pays for
-    copying all of the parameters), so CPUs get small batches; accelerators get as
-    many as the budget allows.
+    loss's intermediates at every stencil point. The batch actually used is
+    measured within this bound (see `_batching`).
     """
     try:
         analysis = compiled.memory_analysis()
@@ -201,9 +199,7 @@ def _batch_size(compiled: Any, x: np.ndarray, per_direction: int, budget: int) -
     except Exception:  # not every backend reports it; fall back to the vector size
         temporary = 0
     per_point = temporary + 3 * x.nbytes
-    fits = max(1, budget // max(1, per_point * per_direction))
-    ceiling = 4 if jax.default_backend() == "cpu" else 4096
-    return int(min(fits, ceiling))
+    return int(max(1, budget // max(1, per_point * per_direction)))
 
 
 def step_for(method: str, fd_epsilon: float) -> float:

@@ -47,6 +47,14 @@ class Probes:
     def count(self) -> int:
         return int(self.coordinates.size + self.vector_leaf.size)
 
+    def first(self, count: int) -> Probes:
+        """The first `count` probes, coordinates before directions."""
+        taken = min(count, self.coordinates.size)
+        rest = max(0, count - taken)
+        return Probes(
+            self.coordinates[:taken], self.vectors[:rest], self.vector_leaf[:rest]
+        )
+
     def leaf_numbers(self, layout: LeafLayout) -> np.ndarray:
         offsets = np.asarray(layout.offsets)
         coordinate_leaf = np.searchsorted(offsets, self.coordinates, side="right") - 1
