@@ -3,7 +3,8 @@
 This is the whole quick start: on a fresh machine with Python 3.11 or newer,
 
     python3 dev.py demo     # installs into .venv if needed, then runs `gradaudit demo`
-    python3 dev.py test     # installs into .venv if needed, then lints and tests
+    python3 dev.py test     # installs into .venv if needed, then lints, builds the
+                            # documentation site and tests
 
 The environment lives in `.venv/` next to this file. It is reinstalled only when
 `pyproject.toml` changes, so repeated runs start at once.
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> None:
     _run(BIN / "ruff", "format", "--check", "src", "tests", "bench", "dev.py")
     _run(BIN / "ruff", "check", "src", "tests", "bench", "dev.py")
     _run(BIN / "mypy")
+    # The documentation site: a broken link or anchor, or a docstring griffe cannot
+    # parse, fails the build (mkdocs.yml sets `strict`). `site/` is git-ignored.
+    _run(BIN / "mkdocs", "build", "--strict", "--site-dir", ROOT / "site")
     _run(BIN / "python", "-m", "pytest", *argv[1:])
 
 
