@@ -31,9 +31,11 @@ PUBLIC_NAMES = [
     "SourceFailedError",
     "SourceInfo",
     "StructureMismatchError",
+    "Target",
     "TaylorResult",
     "assert_gradients",
     "check",
+    "target",
 ]
 
 _DOCUMENTED = [

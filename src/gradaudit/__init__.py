@@ -27,4 +27,6 @@ from ._report import PairResult as PairResult
 from ._report import Report as Report
 from ._report import Settings as Settings
 from ._report import SourceInfo as SourceInfo
+from ._target import Target as Target
+from ._target import target as target
 from ._taylor import TaylorResult as TaylorResult
