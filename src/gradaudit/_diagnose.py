@@ -101,15 +101,63 @@ def diagnose_leaves(
     leaves: Sequence[LeafReport], facts: Sequence[LeafFacts], check: CheckFacts
 ) -> list[LeafReport]:
     """Attach a `Diagnosis` to every failing leaf."""
-    diagnosed = []
-    for number, leaf in enumerate(leaves):
-        diagnosis = None
-        if not leaf.ok:
-            diagnosis = diagnose(
-                leaf, facts[number], _others(leaves, facts, number), check
-            )
-        diagnosed.append(dataclasses.replace(leaf, diagnosis=diagnosis))
-    return diagnosed
+    diagnoses = [
+        diagnose(leaf, facts[number], _others(leaves, facts, number), check)
+        if not leaf.ok
+        else None
+        for number, leaf in enumerate(leaves)
+    ]
+    shared = _shared_factor(leaves, facts, diagnoses)
+    return [
+        dataclasses.replace(leaf, diagnosis=shared.get(number, diagnosis))
+        for number, (leaf, diagnosis) in enumerate(zip(leaves, diagnoses, strict=True))
+    ]
+
+
+def _shared_factor(
+    leaves: Sequence[LeafReport],
+    facts: Sequence[LeafFacts],
+    diagnoses: Sequence[Diagnosis | None],
+) -> dict[int, Diagnosis]:
+    """One factor common to leaves too small to show a factor on their own.
+
+    A factor fitted to a single element explains it trivially, so a leaf with one
+    informative element gets no `scale` diagnosis by itself. Several such leaves
+    sharing exactly one factor is evidence, though: a factor applied to the whole
+    backward pass, such as the loss's own derivative left out.
+    """
+    candidates: dict[int, float] = {}
+    for number, (leaf, fact, diagnosis) in enumerate(
+        zip(leaves, facts, diagnoses, strict=True)
+    ):
+        if diagnosis is None or diagnosis.kind not in ("no_pattern", "region"):
+            continue
+        if leaf.verdict not in _MANUAL_VERDICTS or fact.manual is None:
+            continue
+        fit = _Fit(fact)
+        factor = fit.factor()
+        if factor is not None and fit.explains(factor * fit.reference, factor):
+            candidates[number] = factor
+    factors = list(candidates.values())
+    informative = sum(_Fit(facts[number]).informative for number in candidates)
+    if len(factors) < 2 or informative < 2:
+        return {}
+    if not all(_close(factor, factors[0], 1e-6) for factor in factors):
+        return {}
+    factor = factors[0]
+    paths = ", ".join(leaves[number].path for number in candidates)
+    return {
+        number: Diagnosis(
+            "scale",
+            f"scaled by {_factor_text(factor)}, the same factor on {paths}: a factor"
+            " of the whole backward pass (the loss's own derivative left out, as"
+            " when differencing the output instead of the loss?)",
+            f"Each of {paths} equals {_fmt(factor)} times the reference on every"
+            " judged element.",
+            {"factor": factor, "leaves": list(paths.split(", "))},
+        )
+        for number in candidates
+    }
 
 
 def _others(
@@ -287,6 +335,16 @@ class _Fit:
         self.tol = self.tolerance[self.judged]
         self.over = np.abs(self.m - self.r) > self.tol
         self.name = facts.reference_name
+        # Elements whose reference is clearly not zero: the ones a fitted factor
+        # has to explain. One alone is explained by any factor.
+        self.informative = int(np.sum(np.abs(self.r) > self.tol))
+
+    def factor(self) -> float | None:
+        """The least-squares c with manual ~ c * reference, or None."""
+        norm = float(self.r @ self.r)
+        if norm == 0:
+            return None
+        return float(self.m @ self.r / norm)
 
     def explains(self, prediction: np.ndarray, factor: float = 1.0) -> bool:
         """Whether `prediction` (leaf-shaped) matches the hand-written gradient."""
@@ -317,11 +375,10 @@ def _zero(fit: _Fit) -> Diagnosis | None:
 
 
 def _scale(fit: _Fit, sizes: frozenset[int]) -> Diagnosis | None:
-    norm = float(fit.r @ fit.r)
-    if norm == 0:
+    factor = fit.factor()
+    if fit.informative < 2 or factor is None or factor == 0:
         return None
-    factor = float(fit.m @ fit.r / norm)
-    if factor == 0 or not fit.explains(factor * fit.reference, factor):
+    if not fit.explains(factor * fit.reference, factor):
         return None
     evidence = (
         f"The hand-written gradient equals {_fmt(factor)} times {fit.name} on all"
@@ -398,6 +455,9 @@ def _swap(fit: _Fit, others: Sequence[tuple[str, LeafFacts]]) -> Diagnosis | Non
 
 
 def _missing_term(fit: _Fit) -> Diagnosis | None:
+    # A one-parameter fit to fewer than three elements is no evidence.
+    if fit.m.size < 3:
+        return None
     param = fit.facts.param
     candidates: list[tuple[str, np.ndarray, Callable[[float], str]]] = [
         ("l2", param, _l2_text),
@@ -450,7 +510,7 @@ def _constant_text(factor: float) -> str:
 
 def _region(fit: _Fit) -> Diagnosis | None:
     shape = fit.reference.shape
-    if fit.judged.mean() < _REGION_COVERAGE:
+    if fit.judged.size < 2 or fit.judged.mean() < _REGION_COVERAGE:
         return None
     bad = np.zeros(fit.judged.shape, bool)
     bad[fit.judged] = fit.over
@@ -584,8 +644,8 @@ def _with_noise_note(diagnosis: Diagnosis, facts: LeafFacts) -> Diagnosis:
     return dataclasses.replace(diagnosis, evidence=diagnosis.evidence + note)
 
 
-def _close(value: float, target: float) -> bool:
-    return abs(value - target) <= _FACTOR_RTOL * abs(target)
+def _close(value: float, target: float, rtol: float = _FACTOR_RTOL) -> bool:
+    return abs(value - target) <= rtol * abs(target)
 
 
 def _factor_text(factor: float) -> str:
