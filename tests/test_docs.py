@@ -123,3 +123,22 @@ def test_skip_mark_and_numbering(tmp_path: Path) -> None:
         (1, 3, "x = 1\n"),
         (3, 16, "y = 2\n"),
     ]
+
+
+# The API reference renders the docstrings, so their examples are documentation too.
+DOCSTRING_MODULES = sorted(
+    path.stem for path in (ROOT / "src" / "gradaudit").glob("*.py")
+)
+
+
+@pytest.mark.parametrize("module_name", DOCSTRING_MODULES)
+def test_docstring_examples_run(module_name: str) -> None:
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"gradaudit.{module_name}")
+    outcome = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert outcome.failed == 0, f"{outcome.failed} docstring example(s) failed"
+    source = (ROOT / "src" / "gradaudit" / f"{module_name}.py").read_text()
+    if ">>> " in source:
+        assert outcome.attempted > 0, "examples were written but none was found"
