@@ -213,23 +213,39 @@ _SOURCE_TEXT = {
 
 
 def _kink(kinks: Sequence[KinkNote]) -> Diagnosis:
-    sides = [note.autodiff_choice for note in kinks]
-    left = sum("left" in side for side in sides)
-    right = sum("right" in side for side in sides)
-    took = (
-        "the slope from the left"
-        if left > right
-        else "the slope from the right"
-        if right > left
-        else "one-sided slopes"
+    counts = {
+        side: sum(note.autodiff_choice.startswith(f"the {side}") for note in kinks)
+        for side in ("left", "right")
+    }
+    counts["between"] = sum(
+        note.autodiff_choice.startswith("between") for note in kinks
     )
+    taken = {side: n for side, n in counts.items() if n}
+    if not taken:
+        took = "jax.grad's own choices are listed in the report's kinks"
+    elif len(taken) == 1 and "between" in taken:
+        took = "jax.grad took a value between the one-sided slopes"
+    elif len(taken) == 1:
+        took = f"jax.grad took the slope from the {next(iter(taken))}"
+    else:
+        took = "jax.grad took " + ", ".join(
+            f"{'a value between the slopes' if side == 'between' else 'the ' + side}"
+            f" at {n}"
+            for side, n in taken.items()
+        )
     where = ", ".join(str(note.index) for note in kinks[:5])
     return Diagnosis(
         "kink",
-        f"the hand-written value is neither one-sided slope; jax.grad took {took}",
-        f"{len(kinks)} element(s) sit within a step of a kink ({where}); jax.grad"
-        f" took the left slope at {left} and the right slope at {right}.",
-        {"elements": len(kinks), "autodiff_left": left, "autodiff_right": right},
+        took,
+        f"{len(kinks)} element(s) sit within a step of a kink ({where}). At a kink"
+        " any value between the one-sided slopes is valid, and the hand-written"
+        " one is not.",
+        {
+            "elements": len(kinks),
+            "autodiff_left": counts["left"],
+            "autodiff_right": counts["right"],
+            "autodiff_between": counts["between"],
+        },
     )
 
 
