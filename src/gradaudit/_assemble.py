@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from . import _compare as compare
-from ._diagnose import CheckFacts, LeafFacts, diagnose_leaves
+from ._causes import CheckFacts
+from ._diagnose import LeafFacts, diagnose_leaves
 from ._paths import LeafLayout
 from ._plan import full_probes
 from ._report import PAIRS, KinkNote, LeafReport, PairResult

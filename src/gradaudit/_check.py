@@ -12,7 +12,8 @@ import numpy as np
 
 from ._assemble import compare_all
 from ._batching import measured_batch_size
-from ._diagnose import CheckFacts, data_sizes
+from ._causes import CheckFacts
+from ._diagnose import data_sizes
 from ._errors import GradientMismatchError, InvalidInputError
 from ._finite_diff import METHODS, Directions, finite_differences
 from ._gradients import (

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._report import Diagnosis, KinkNote, LeafReport
+from ._causes import CheckFacts, autodiff_cause, fd_cause, kink, nonfinite
+from ._report import Diagnosis, LeafReport
 
 # A prediction explains the hand-written gradient when every judged element is
 # within this many tolerances of it: the pattern's parameter is itself estimated
@@ -31,7 +32,6 @@ _REGION_COVERAGE = 0.9
 _MAX_DENOMINATOR = 16
 _FACTOR_RTOL = 1e-4
 _MANUAL_VERDICTS = ("manual_wrong", "manual_wrong_vs_fd", "manual_or_autodiff")
-_CUSTOM_RULES = ("custom_vjp_call", "custom_jvp_call")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +60,6 @@ class LeafFacts:
     noise: np.ndarray | None
     manual_dtype: str
     first_nonfinite: dict[str, tuple[tuple[int, ...], int]]
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckFacts:
-    """What the whole check knows that bears on a cause.
-
-    Attributes:
-        data_sizes: every axis length in the loss's data (and their products),
-            to recognise a mean taken where the loss sums.
-        rules: where the loss uses `stop_gradient` and custom rules, per
-            primitive (see `_loss.special_rules`).
-        loss_precision: the dtype the loss computes in.
-    """
-
-    data_sizes: frozenset[int]
-    rules: dict[str, tuple[str, ...]]
-    loss_precision: str
 
 
 def data_sizes(args: Sequence[Any]) -> frozenset[int]:
@@ -178,134 +161,16 @@ def diagnose(
 ) -> Diagnosis | None:
     """The likely cause of one failing leaf's disagreement, or None."""
     if facts.first_nonfinite:
-        return _nonfinite(facts.first_nonfinite)
+        return nonfinite(facts.first_nonfinite)
     if leaf.verdict == "manual_kink":
-        return _kink(leaf.kinks)
+        return kink(leaf.kinks)
     if leaf.verdict in _MANUAL_VERDICTS:
         return _manual_mistake(facts, others, check)
     if leaf.verdict == "fd_suspect":
-        return _fd_cause(leaf.kinks, check)
+        return fd_cause(leaf.kinks, check)
     if leaf.verdict in ("autodiff_suspect", "autodiff_vs_fd"):
-        return _autodiff_cause(check)
+        return autodiff_cause(check)
     return None
-
-
-def _nonfinite(found: dict[str, tuple[tuple[int, ...], int]]) -> Diagnosis:
-    parts = [
-        f"{_SOURCE_TEXT[name]} has {count} non-finite value"
-        f"{'s' if count > 1 else ''}, the first at index {index}"
-        for name, (index, count) in found.items()
-    ]
-    name, (index, count) = next(iter(found.items()))
-    return Diagnosis(
-        "nonfinite",
-        parts[0],
-        "; ".join(parts).capitalize() + ".",
-        {"source": name, "first_index": list(index), "count": count},
-    )
-
-
-_SOURCE_TEXT = {
-    "manual": "the hand-written gradient",
-    "autodiff": "jax.grad",
-    "fd": "finite differences",
-}
-
-
-def _kink(kinks: Sequence[KinkNote]) -> Diagnosis:
-    counts = {
-        side: sum(note.autodiff_choice.startswith(f"the {side}") for note in kinks)
-        for side in ("left", "right")
-    }
-    counts["between"] = sum(
-        note.autodiff_choice.startswith("between") for note in kinks
-    )
-    taken = {side: n for side, n in counts.items() if n}
-    if not taken:
-        took = "jax.grad's own choices are listed in the report's kinks"
-    elif len(taken) == 1 and "between" in taken:
-        took = "jax.grad took a value between the one-sided slopes"
-    elif len(taken) == 1:
-        took = f"jax.grad took the slope from the {next(iter(taken))}"
-    else:
-        took = "jax.grad took " + ", ".join(
-            f"{'a value between the slopes' if side == 'between' else 'the ' + side}"
-            f" at {n}"
-            for side, n in taken.items()
-        )
-    where = ", ".join(str(note.index) for note in kinks[:5])
-    return Diagnosis(
-        "kink",
-        took,
-        f"{len(kinks)} element(s) sit within a step of a kink ({where}). At a kink"
-        " any value between the one-sided slopes is valid, and the hand-written"
-        " one is not.",
-        {
-            "elements": len(kinks),
-            "autodiff_left": counts["left"],
-            "autodiff_right": counts["right"],
-            "autodiff_between": counts["between"],
-        },
-    )
-
-
-def _fd_cause(kinks: Sequence[KinkNote], check: CheckFacts) -> Diagnosis:
-    stops = len(check.rules.get("stop_gradient", ()))
-    if stops:
-        return Diagnosis(
-            "stop_gradient",
-            "finite differences see through a stop_gradient that both gradients honour",
-            f"The loss uses stop_gradient {stops} time(s): jax.grad and the"
-            " hand-written gradient agree with each other, and finite differences"
-            " of the loss cannot tell a stopped path from any other.",
-            {"stop_gradient": stops},
-        )
-    if check.loss_precision != "float64":
-        return Diagnosis(
-            "loss_precision",
-            f"the loss computes in {check.loss_precision}, too coarse for finite"
-            " differences here",
-            "jax.grad and the hand-written gradient agree; finite differences of a"
-            f" loss rounded to {check.loss_precision} do not.",
-            {"loss_precision": check.loss_precision},
-        )
-    return Diagnosis(
-        "fd_step",
-        "finite differences disagree with two gradients that agree: the loss may"
-        " not be smooth here, or the step may not suit its curvature",
-        f"{len(kinks)} kink(s) noted on this leaf. Try method='richardson' or a"
-        " smaller step to confirm.",
-    )
-
-
-def _autodiff_cause(check: CheckFacts) -> Diagnosis:
-    custom = [label for name in _CUSTOM_RULES for label in check.rules.get(name, ())]
-    if custom:
-        used = ", ".join(custom)
-        return Diagnosis(
-            "custom_rule",
-            f"jax.grad goes through a custom rule ({used}) that disagrees with the"
-            " loss",
-            "Finite differences of the loss, and the hand-written gradient where"
-            " given, disagree with jax.grad, and the loss defines its own derivative"
-            f" in {used}: the likeliest place for the error.",
-            {"rules": custom},
-        )
-    stops = len(check.rules.get("stop_gradient", ()))
-    if stops:
-        return Diagnosis(
-            "stop_gradient",
-            "jax.grad stops at a stop_gradient that the loss's values do not show",
-            f"The loss uses stop_gradient {stops} time(s); jax.grad honours it,"
-            " finite differences of the loss cannot.",
-            {"stop_gradient": stops},
-        )
-    return Diagnosis(
-        "autodiff",
-        "jax.grad disagrees with finite differences of the loss",
-        "The loss has no custom rule of its own and no stop_gradient; a JAX"
-        " primitive's derivative at a non-smooth point is the likeliest cause.",
-    )
 
 
 def _manual_mistake(

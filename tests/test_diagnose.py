@@ -1,0 +1,121 @@
+"""The diagnosis names a pattern only when every judged element fits it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradaudit
+
+
+def _loss(p, x):
+    out = jax.lax.conv_general_dilated(x, p["K"], (1, 1), "SAME")
+    return jnp.sum(jnp.tanh(out + p["c"][None, :, None, None]) ** 2)
+
+
+@pytest.fixture
+def problem(rng):
+    params = {"K": rng.normal(size=(3, 2, 3, 3)) / 3, "c": rng.normal(size=3) / 3}
+    x = rng.normal(size=(2, 2, 8, 8))
+    return params, x
+
+
+def _diagnosis(problem, edit, path):
+    params, x = problem
+    reference = jax.jit(jax.grad(_loss))
+
+    def grad(p, x):
+        with jax.enable_x64(True):
+            g = {k: np.array(v) for k, v in reference(p, x).items()}
+        edit(g, p)
+        return g
+
+    report = gradaudit.check(_loss, params, x, grad=grad)
+    assert [leaf.path for leaf in report.failing_leaves] == [path], report.summary()
+    return report.leaf(path).diagnosis
+
+
+def test_one_output_channel_of_a_kernel_is_a_channel_region(problem):
+    def edit(g, p):
+        g["K"][1] *= 3.0
+
+    diagnosis = _diagnosis(problem, edit, "['K']")
+    assert diagnosis.kind == "region"
+    assert diagnosis.detail == {"region": "channel", "axis": 0, "index": 1}
+    assert "scaled by 3 there" in diagnosis.summary
+
+
+def test_the_border_of_the_spatial_axes_is_a_border_region(rng):
+    x0 = rng.normal(size=(6, 7))
+
+    def loss(x):
+        return jnp.sum(jnp.sin(x) * x)
+
+    def grad(x):
+        g = np.sin(x) + x * np.cos(x)
+        g[0, :] += 0.5
+        g[:, -1] += 0.5
+        return g
+
+    report = gradaudit.check(loss, x0, grad=grad)
+    diagnosis = report.leaves[0].diagnosis
+    assert diagnosis.kind == "region"
+    assert diagnosis.detail == {"region": "border", "width": 1}
+
+
+def test_two_patterns_at_once_are_no_simple_pattern(problem):
+    def edit(g, p):
+        g["K"] = 2.0 * np.swapaxes(g["K"], -1, -2) + 0.1
+
+    diagnosis = _diagnosis(problem, edit, "['K']")
+    assert diagnosis.kind == "no_pattern"
+
+
+def test_a_factor_on_one_element_alone_is_no_evidence(rng):
+    def loss(p):
+        return jnp.sin(p["a"]) + jnp.sum(p["v"] ** 2)
+
+    def grad(p):
+        return {"a": 3.0 * np.cos(p["a"]), "v": 2 * p["v"]}
+
+    params = {"a": np.array(0.3), "v": rng.normal(size=3)}
+    report = gradaudit.check(loss, params, grad=grad)
+    assert report.leaf("['a']").diagnosis.kind == "no_pattern"
+
+
+def test_one_factor_shared_by_single_element_leaves_is_a_scale():
+    def loss(p):
+        return 0.5 * (p["a"] * 2.0 + p["b"] * 3.0 - 1.0) ** 2
+
+    def output_gradient(p):
+        return {"a": np.asarray(2.0), "b": np.asarray(3.0)}
+
+    params = {"a": np.array(0.9), "b": np.array(0.2)}
+    report = gradaudit.check(loss, params, grad=output_gradient)
+    for leaf in report.leaves:
+        assert leaf.diagnosis.kind == "scale"
+        assert leaf.diagnosis.detail["leaves"] == ["['a']", "['b']"]
+    residual = 0.9 * 2.0 + 0.2 * 3.0 - 1.0
+    assert report.leaves[0].diagnosis.detail["factor"] == pytest.approx(1 / residual)
+
+
+def test_a_passing_leaf_has_no_diagnosis(problem):
+    params, x = problem
+    report = gradaudit.check(_loss, params, x)
+    assert report.ok
+    assert all(leaf.diagnosis is None for leaf in report.leaves)
+
+
+def test_the_diagnosis_travels_in_the_json(rng):
+    w = rng.normal(size=4)
+
+    def loss(w):
+        return jnp.sum(jnp.cos(w))
+
+    report = gradaudit.check(loss, w, grad=lambda w: np.sin(w))
+    leaf = report.to_dict()["leaves"][0]
+    assert leaf["diagnosis"]["kind"] == "sign"
+    assert leaf["diagnosis"]["detail"]["factor"] == pytest.approx(-1.0)
+    assert leaf["diagnosis"]["summary"] == "the sign is flipped"
