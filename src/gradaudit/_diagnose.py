@@ -110,19 +110,20 @@ def _shared_factor(
     backward pass, such as the loss's own derivative left out.
     """
     candidates: dict[int, float] = {}
+    informative = 0
     for number, (leaf, fact, diagnosis) in enumerate(
         zip(leaves, facts, diagnoses, strict=True)
     ):
         if diagnosis is None or diagnosis.kind not in ("no_pattern", "region"):
             continue
-        if leaf.verdict not in _MANUAL_VERDICTS or fact.manual is None:
+        if leaf.verdict not in _MANUAL_VERDICTS or not _complete(fact):
             continue
         fit = _Fit(fact)
         factor = fit.factor()
         if factor is not None and fit.explains(factor * fit.reference, factor):
             candidates[number] = factor
+            informative += fit.informative
     factors = list(candidates.values())
-    informative = sum(_Fit(facts[number]).informative for number in candidates)
     if len(factors) < 2 or informative < 2:
         return {}
     if not all(_close(factor, factors[0], 1e-6) for factor in factors):
@@ -176,7 +177,7 @@ def diagnose(
 def _manual_mistake(
     facts: LeafFacts, others: Sequence[tuple[str, LeafFacts]], check: CheckFacts
 ) -> Diagnosis | None:
-    if facts.manual is None or facts.reference is None or facts.tolerance is None:
+    if not _complete(facts):
         return None
     fit = _Fit(facts)
     if not fit.judged.any():
@@ -194,6 +195,13 @@ def _manual_mistake(
         or _no_pattern(fit)
     )
     return _with_noise_note(diagnosis, facts)
+
+
+def _complete(facts: LeafFacts) -> bool:
+    """Whether there is a hand-written gradient and a reference to fit it to."""
+    return not (
+        facts.manual is None or facts.reference is None or facts.tolerance is None
+    )
 
 
 class _Fit:
