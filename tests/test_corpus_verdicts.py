@@ -18,6 +18,7 @@ from corpus._grading import diagnosis_is_right
 
 import gradaudit
 
+
 @functools.cache
 def _report(name: str, dtype: type) -> gradaudit.Report:
     case = next(case for case in CASES if case.name == name)
