@@ -294,7 +294,7 @@ def test_derived_seeds_follow_the_documented_formula() -> None:
 
 def test_json_report_holds_every_check_of_the_session(suite: pytest.Pytester) -> None:
     suite.makepyfile(
-        test_report="""
+        test_session_report="""
         from gradients import W, loss, right, wrong
 
         def test_twice(gradcheck):
@@ -320,9 +320,9 @@ def test_json_report_holds_every_check_of_the_session(suite: pytest.Pytester) ->
     assert data["session_options"] == {"method": "forward"}
     checks = data["checks"]
     assert [(c["nodeid"], c["index"], c["ok"]) for c in checks] == [
-        ("test_report.py::test_twice", 0, True),
-        ("test_report.py::test_twice", 1, True),
-        ("test_report.py::test_wrong", 0, False),
+        ("test_session_report.py::test_twice", 0, True),
+        ("test_session_report.py::test_twice", 1, True),
+        ("test_session_report.py::test_wrong", 0, False),
     ]
     for check in checks:
         report = check["report"]
@@ -361,9 +361,8 @@ def test_a_workers_payload_carries_what_the_controller_needs() -> None:
 
 
 def test_html_report_renders_every_check(suite: pytest.Pytester) -> None:
-    pytest.importorskip("gradaudit._html")
     suite.makepyfile(
-        test_html="""
+        test_session_html="""
         from gradients import W, loss, right, wrong
 
         def test_right(gradcheck):
@@ -377,8 +376,8 @@ def test_html_report_renders_every_check(suite: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)
     text = (suite.path / "session.html").read_text(encoding="utf-8")
     assert text.lstrip().lower().startswith(("<!doctype html", "<html"))
-    assert "test_html.py::test_right" in text
-    assert "test_html.py::test_wrong" in text
+    assert "test_session_html.py::test_right" in text
+    assert "test_session_html.py::test_wrong" in text
 
 
 @pytest.mark.parametrize(
