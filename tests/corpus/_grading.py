@@ -1,6 +1,6 @@
 """Grading gradaudit's verdicts and diagnoses against the corpus labels.
 
-Shared by the corpus tests and `bench/corpus.py`, so that the benchmark's
+Shared by the corpus tests and `bench/corpus_peers.py`, so that the benchmark's
 diagnosis accuracy and the tests' assertions apply the same rule.
 """
 
