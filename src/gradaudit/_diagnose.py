@@ -376,19 +376,19 @@ _BASIS_TEXT = {
 
 
 def _presence(factor: float) -> str:
-    return "missing" if factor < 0 else "extra"
+    return "a missing" if factor < 0 else "an extra"
 
 
 def _l2_text(factor: float) -> str:
     return (
-        f"a {_presence(factor)} L2 regularisation term: the difference is"
+        f"{_presence(factor)} L2 regularisation term: the difference is"
         f" {_fmt(factor)} times the parameter"
     )
 
 
 def _l1_text(factor: float) -> str:
     return (
-        f"a {_presence(factor)} L1 regularisation term: the difference is"
+        f"{_presence(factor)} L1 regularisation term: the difference is"
         f" {_fmt(factor)} times the parameter's sign"
     )
 

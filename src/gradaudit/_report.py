@@ -233,7 +233,8 @@ class Settings:
 
     Attributes:
         mode: the mode that ran; "(auto)" marks one chosen by `mode="auto"`.
-        method: the finite-difference stencil.
+        method: the finite-difference stencil the verdict used ("richardson" when
+            central differences could not settle a disagreement and were redone).
         step: the relative finite-difference step.
         rtol: the `rtol` passed (None: chosen per pair, see `rtol_used`).
         rtol_used: the relative tolerance applied to each pair.
