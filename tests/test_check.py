@@ -201,6 +201,61 @@ def test_routing_the_gradient_to_every_tied_maximum_is_flagged():
     assert report.leaves[0].verdict == "manual_kink"
 
 
+def kink_near(point, distance, jump=1.0):
+    """A loss of one weight with a jump in slope `distance` away from `point`."""
+    corner = point + distance
+
+    def loss(w):
+        return jnp.sum(jump * jax.nn.relu(w - corner) + 0.25 * w)
+
+    def grad(w):
+        return 0.25 + jump * (w > corner)
+
+    return loss, grad
+
+
+@pytest.mark.parametrize("method", ["central", "fourth_order", "richardson"])
+@pytest.mark.parametrize("steps", [-2.5, -2 / 3, -0.45, 0.5, 2 / 3, 1.4, 3.2])
+def test_a_kink_a_few_steps_away_never_fails_a_correct_gradient(method, steps):
+    # A kink inside the stencil but not at the point: the hand-written gradient and
+    # jax.grad are both right, and finite differences must not claim otherwise,
+    # including where the kink test is blind (two thirds of a step away).
+    step = 2.0**-12
+    loss, grad = kink_near(1.0, steps * step)
+    report = gradaudit.check(loss, np.array([1.0]), grad=grad, method=method, step=step)
+    assert report.ok, report.summary()
+
+
+def test_kinks_that_cancel_in_the_kink_test_are_caught_at_a_smaller_step():
+    # Two kinks, 0.51 and 0.96 steps either side, fool the kink test and the error
+    # estimate of central differences alike; cutting the step exposes them.
+    step = 2.0**-17
+
+    def loss(w):
+        near, far = 1.0 + 0.51 * step, 1.0 - 0.96 * step
+        return jnp.sum(1.5 * jax.nn.relu(w - near) + 0.8 * jax.nn.relu(w - far) + w)
+
+    def grad(w):
+        return 1.0 + 1.5 * (w > 1.0 + 0.51 * step) + 0.8 * (w > 1.0 - 0.96 * step)
+
+    report = gradaudit.check(loss, np.array([1.0]), grad=grad, step=step)
+    assert report.ok, report.summary()
+    assert report.leaves[0].unreliable_indices == ((0,),)
+    assert any("cut 16-fold" in finding for finding in report.findings)
+
+
+def test_a_stop_gradient_survives_the_second_look_at_a_smaller_step():
+    # A real difference between the derivative and jax.grad does not move with the
+    # step, so finite differences keep their say and the verdict names them.
+    def loss(w):
+        return jnp.sum(w**2 - 0.5 * jax.lax.stop_gradient(w) ** 2)
+
+    report = gradaudit.check(loss, np.array([0.5, -1.5]), grad=lambda w: 2 * w)
+    assert not report.ok
+    assert report.leaves[0].verdict == "fd_suspect"
+    assert report.leaves[0].unreliable_indices == ()
+
+
 def test_a_loss_that_casts_to_float32_inside_is_reported():
     def loss(w):
         return jnp.sum(jnp.sin(w.astype(jnp.float32)) ** 2)

@@ -120,3 +120,48 @@ def test_a_float32_function_gets_a_larger_error_estimate(point):
     true_error = np.abs(as32.derivative - smooth_gradient(point))
     assert np.all(true_error <= as32.error)
     assert np.all(as32.error > 100 * as64.error)
+
+
+def _kinked(position):
+    """A unit jump in slope `position` steps from x = 0 (step 1 via the scale)."""
+
+    def function(v):
+        return jnp.maximum(v[0] - position, 0.0) + 0.25 * v[0]
+
+    return function, (1.25 if position < 0 else 0.25)
+
+
+# Positions in steps, blind spots of the five-point kink test (2/3) included.
+KINK_POSITIONS = (-3.1, -1.5, -2 / 3, -0.5, -0.2, 0.3, 0.45, 2 / 3, 0.9, 1.4, 3.7)
+
+
+@pytest.mark.parametrize("method", ["central", "fourth_order", "richardson"])
+@pytest.mark.parametrize("position", KINK_POSITIONS)
+def test_a_kink_anywhere_in_the_stencil_is_found_or_bounded(method, position):
+    # At a kink the test misses, the estimate must still lie within its error bound
+    # plus its departure from smoothness, which is what the verdict allows.
+    step = 2.0**-10
+    function, slope = _kinked(position * step)
+    directions = Directions.coordinates(np.zeros(1, np.int64), np.ones(1), 1)
+    with jax.enable_x64(True):
+        result = finite_differences(
+            function, np.zeros(1), directions, method=method, step=step
+        )
+    found = result.kink[0] > 3 * result.error[0]
+    off_by = abs(result.derivative[0] - slope)
+    assert found or off_by <= result.error[0] + result.kink[0] + 1e-12
+
+
+def test_the_wider_stencils_find_a_kink_in_the_five_point_blind_spot():
+    step = 2.0**-10
+    function, _ = _kinked(2 / 3 * step)
+    directions = Directions.coordinates(np.zeros(1, np.int64), np.ones(1), 1)
+    with jax.enable_x64(True):
+        central = finite_differences(
+            function, np.zeros(1), directions, method="central", step=step
+        )
+        richardson = finite_differences(
+            function, np.zeros(1), directions, method="richardson", step=step
+        )
+    assert central.kink[0] < 1e-6  # blind: five points fit a cubic exactly
+    assert richardson.kink[0] > 0.3

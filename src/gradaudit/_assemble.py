@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,24 @@ from ._tolerance import Tolerance
 from ._validate import Params
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The judged check: per-leaf and per-pair results, and what to look at again.
+
+    Attributes:
+        leaves: one `LeafReport` per leaf, diagnosed.
+        pairs: one `PairResult` per pair over all leaves.
+        fd_disputed: over the finite-difference probes, where finite differences
+            disagree with the most trusted other source (jax.grad, else the
+            hand-written gradient); worth a second look at another step before
+            anyone is blamed.
+    """
+
+    leaves: list[LeafReport]
+    pairs: dict[str, PairResult]
+    fd_disputed: np.ndarray
+
+
 def compare_all(
     layout: LeafLayout,
     checked: Params,
@@ -28,7 +47,7 @@ def compare_all(
     one_sided: compare.OneSidedSlopes,
     scales: np.ndarray,
     check_facts: CheckFacts,
-) -> tuple[list[Any], dict[str, Any]]:
+) -> Comparison:
     """Judge every available pair, assemble per-leaf results, diagnose failures."""
     fd_probes: Probes = plan.probes
     every = full_probes(layout, plan)
@@ -277,7 +296,11 @@ def compare_all(
         facts.append(_leaf_facts(leaf, layout, checked, found, elements))
     leaves = diagnose_leaves(leaves, facts, check_facts)
     pairs = {name: compare.total(name, results) for name, results in per_pair.items()}
-    return leaves, pairs
+    referee = next(
+        (judgements[n] for n in ("autodiff-fd", "manual-fd") if n in judgements), None
+    )
+    disputed = np.zeros(n_fd, bool) if referee is None else referee.mismatch.copy()
+    return Comparison(leaves, pairs, disputed)
 
 
 def _choice(

@@ -10,12 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._assemble import compare_all
+from ._assemble import Comparison, compare_all
 from ._batching import measured_batch_size
 from ._causes import CheckFacts
 from ._diagnose import data_sizes
 from ._errors import GradientMismatchError, InvalidInputError
-from ._finite_diff import METHODS, Directions, finite_differences
+from ._finite_diff import METHODS, Directions, finite_differences, points_per_probe
 from ._gradients import (
     autodiff_source,
     disagreement,
@@ -42,11 +42,13 @@ from ._report import Report, Settings, SourceInfo
 from ._sources import (
     SOURCE_NAMES,
     Estimates,
+    Probes,
     Source,
     fd_estimates,
     step_scales,
     unavailable,
 )
+from ._stability import STEP_DIVISOR, recheck_at_smaller_step
 from ._taylor import TaylorResult, convergence_order, is_consistent
 from ._taylor import remainders as taylor_remainders
 from ._taylor import values_along as taylor_values_along
@@ -182,7 +184,7 @@ def check(
         _require_two(found, grad is not None, "fd" in wanted)
 
         scales = step_scales(x, layout)
-        resolved_mode, memory_bound = resolve_mode_and_batch(
+        resolved_mode, memory_bound, evaluation_seconds = resolve_mode_and_batch(
             mode, flat_loss, x, method, traced.ok, time_budget, memory_budget
         )
         rng = np.random.default_rng(seed)
@@ -241,7 +243,14 @@ def check(
                     )
 
                 batch_size = measured_batch_size(
-                    timed, memory_bound, plan.probes.count, x.size, method
+                    timed,
+                    memory_bound,
+                    plan.probes.count,
+                    x.size,
+                    method,
+                    expected_seconds=plan.probes.count
+                    * points_per_probe(method)
+                    * evaluation_seconds,
                 )
             fd = fd_estimates(
                 flat_loss,
@@ -267,36 +276,59 @@ def check(
             rules=traced.rules,
             loss_precision=np.dtype(loss_dtype).name,
         )
-        leaves, pairs = compare_all(
-            layout, checked, found, fd, plan, tolerance, one_sided, scales, check_facts
-        )
-        if fd is not None and method == "central" and _unrefereed(leaves):
-            # Central differences could not say whether the hand-written gradient
-            # or jax.grad is right; Richardson extrapolation, with a far smaller
-            # truncation error, usually can. Only a failing check pays for it.
-            method_used = "richardson"
-            fd = fd_estimates(
-                flat_loss,
-                x,
-                plan.probes,
-                scales,
-                method=method_used,
-                step=step,
-                loss_epsilon=fd_epsilon,
-                batch_size=batch_size or 1,
-                traceable=traced.ok,
-            )
-            leaves, pairs = compare_all(
+
+        def judged(estimates: Estimates | None) -> Comparison:
+            return compare_all(
                 layout,
                 checked,
                 found,
-                fd,
+                estimates,
                 plan,
                 tolerance,
                 one_sided,
                 scales,
                 check_facts,
             )
+
+        def differenced(method: str, probes: Probes, step: float | None) -> Estimates:
+            return fd_estimates(
+                flat_loss,
+                x,
+                probes,
+                scales,
+                method=method,
+                step=step,
+                loss_epsilon=fd_epsilon,
+                batch_size=batch_size or 1,
+                traceable=traced.ok,
+            )
+
+        def settled(
+            estimates: Estimates | None, method: str
+        ) -> tuple[Comparison, Estimates | None, int]:
+            """Judge, and judge again once disputed differences had a second look."""
+            comparison = judged(estimates)
+            if estimates is None or not comparison.fd_disputed.any():
+                return comparison, estimates, 0
+            rechecked, unstable = recheck_at_smaller_step(
+                estimates,
+                plan.probes,
+                comparison.fd_disputed,
+                step if step is not None else step_for(method, fd_epsilon),
+                lambda probes, smaller: differenced(method, probes, smaller),
+            )
+            return judged(rechecked), rechecked, unstable
+
+        comparison, fd, unstable = settled(fd, method)
+        if fd is not None and method == "central" and _unrefereed(comparison.leaves):
+            # Central differences could not say whether the hand-written gradient
+            # or jax.grad is right; Richardson extrapolation, with a far smaller
+            # truncation error, usually can. Only a failing check pays for it.
+            method_used = "richardson"
+            comparison, fd, unstable = settled(
+                differenced(method_used, plan.probes, step), method_used
+            )
+        leaves, pairs = comparison.leaves, comparison.pairs
         taylor_results: tuple[TaylorResult, ...] = ()
         if taylor:
             taylor_results = _taylor_test(
@@ -338,6 +370,13 @@ def check(
         for name, s in found.items()
     }
     findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, precision)
+    if unstable:
+        findings.append(
+            f"Finite differences at {unstable} element(s) or direction(s) disagreed"
+            " with the other sources and moved beyond their error bounds when the"
+            f" step was cut {STEP_DIVISOR:g}-fold (the loss is not smooth at the"
+            " scale of the step there), so they were left out as unreliable."
+        )
     if method_used != method:
         findings.append(
             "Central differences could not settle where the hand-written gradient"
@@ -582,7 +621,8 @@ def _findings(
     kinks = sum(len(leaf.kinks) for leaf in leaves)
     if kinks:
         findings.append(
-            f"The loss has a kink within two steps of {kinks} element(s) (a ReLU,"
-            " max or abs at its switch point); finite differences are not used there."
+            f"The loss has a kink within the finite-difference stencil of {kinks}"
+            " element(s) (a ReLU, max or abs near its switch point); finite"
+            " differences are not used there."
         )
     return findings

@@ -101,7 +101,10 @@ def fd_reliability(
     kink = finite & (fd.kink > np.maximum(_KINK_NOISE_FACTOR * fd.noise, core_tol))
     scale = np.maximum(np.abs(reference), floor)
     rough = finite & (fd.noise > _MAX_FD_ERROR_FRACTION * scale)
-    return FdReliability(unreliable=~finite | kink | rough, kink=kink)
+    unreliable = ~finite | kink | rough
+    if fd.unstable is not None:
+        unreliable |= fd.unstable
+    return FdReliability(unreliable=unreliable, kink=kink)
 
 
 def judge_pair(
@@ -120,11 +123,15 @@ def judge_pair(
     """Apply the tolerance rule (see `_tolerance`) to every probe of one pair."""
     with np.errstate(invalid="ignore"):
         diff = np.abs(first.values - second.values)
+        # A finite difference's departure from smoothness is also error it may
+        # carry: a kink the kink test cannot see still shows there (`_finite_diff`).
         tol = (
             tolerance.atol
             + rtol * (np.abs(reference) + floor)
             + first.noise
             + second.noise
+            + first.kink
+            + second.kink
         )
         finite = np.isfinite(first.values) & np.isfinite(second.values)
         mismatch = ~unreliable & (~finite | (diff > tol))

@@ -30,10 +30,13 @@ _ORDER = {"forward": 1, "central": 2, "fourth_order": 4, "richardson": 4}
 
 # Multiples of the step at which each method evaluates the function, besides the
 # base point. Every two-sided method includes +-1 and +-2, which the kink test uses.
+# The fourth-order methods also evaluate +-4: their error estimates trust the
+# stencil's smoothness more than central differences do, and the second kink test
+# that the extra points allow closes the first test's blind spot (see `_combine`).
 _OFFSETS = {
     "forward": (1.0, 2.0),
     "central": (-2.0, -1.0, 1.0, 2.0),
-    "fourth_order": (-2.0, -1.0, 1.0, 2.0),
+    "fourth_order": (-4.0, -2.0, -1.0, 1.0, 2.0, 4.0),
     "richardson": (-4.0, -2.0, -1.0, 1.0, 2.0, 4.0),
 }
 
@@ -108,8 +111,10 @@ class FiniteDifferences:
         error: an estimate of its absolute error, truncation plus rounding.
         rounding: the rounding part of `error` alone.
         kink: how far the one-sided slopes are from behaving smoothly, in the units
-            of `derivative`; near zero for a smooth function, about the jump in slope
-            at a kink within two steps. Zero for the one-sided `forward` method.
+            of `derivative`; near zero for a smooth function, of the order of the
+            jump in slope at a kink within the stencil. A kink in the test's blind
+            spot still spoils the estimate by at most about `error + kink`. Zero
+            for the one-sided `forward` method.
         left: the slope from the left (`nan` for `forward`).
         right: the slope from the right.
         step: the relative step, a power of two.
@@ -124,6 +129,11 @@ class FiniteDifferences:
     right: np.ndarray
     step: float
     method: str
+
+
+def points_per_probe(method: str) -> int:
+    """How many evaluations of the function `method` makes per direction."""
+    return len(_OFFSETS[method])
 
 
 def default_step(method: str, epsilon: float) -> float:
@@ -156,6 +166,23 @@ def _combine(
     def central(o: float) -> Any:
         return (at[o] - at[-o]) / (2 * o * step)
 
+    def gap(o: float) -> Any:
+        """Forward minus backward slope at `o` steps: `o * h * f''` when smooth."""
+        return (at[o] + at[-o] - 2 * base) / (o * step)
+
+    # The kink test. For a smooth function the gap grows linearly with the step, so
+    # gap(2h) - 2 * gap(h) vanishes up to O(h**3); a kink within two steps, with a
+    # jump J in slope, makes it of order J. Five points cannot tell every kink from
+    # a cubic, though: a kink 2h/3 from x leaves the expression at zero. So
+    # 1. the comparison counts `kink` as part of the estimate's possible error (it
+    #    bounds what a kink the test misses does to a central difference), and
+    # 2. the fourth-order methods, whose error estimates a missed kink would fool,
+    #    evaluate +-4h as well, and the same test an octave wider has its blind
+    #    spot elsewhere.
+    kink = xp.abs(gap(2.0) - 2 * gap(1.0))
+    if 4.0 in at:
+        kink = xp.maximum(kink, xp.abs(gap(4.0) - 2 * gap(2.0)))
+
     d1, d2 = central(1.0), central(2.0)
     if method == "central":
         # Truncation alone would be |d1 - d2| / 3 (the error is c h**2 at step h and
@@ -172,14 +199,10 @@ def _combine(
         estimate = (16 * r1 - r2) / 15
         truncation = xp.abs(estimate - r1)
 
-    # One-sided slopes at steps h and 2h. For a smooth function the gap between
-    # forward and backward slopes grows linearly with the step (it is h * f''), so
-    # (gap at 2h) - 2 * (gap at h) vanishes up to O(h**3); at a kink the gap is the
-    # jump in slope at both steps, and the expression is about minus that jump.
+    # One-sided slopes at steps h and 2h, extrapolated to zero step to remove
+    # their O(h) error.
     forward1, backward1 = (at[1.0] - base) / step, (base - at[-1.0]) / step
     forward2, backward2 = (at[2.0] - base) / (2 * step), (base - at[-2.0]) / (2 * step)
-    kink = xp.abs((forward2 - backward2) - 2 * (forward1 - backward1))
-    # Extrapolating the one-sided slopes to zero step removes their O(h) error.
     right = 2 * forward1 - forward2
     left = 2 * backward1 - backward2
     error = truncation + rounding

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._finite_diff import _OFFSETS, default_step
+from ._finite_diff import default_step, points_per_probe
 from ._paths import LeafLayout
 from ._sources import Probes
 
@@ -170,9 +170,10 @@ def resolve_mode_and_batch(
     traceable: bool,
     time_budget: float,
     memory_budget: int,
-) -> tuple[str, int]:
-    """The concrete mode, and the most directions memory lets run side by side."""
-    per_direction = len(_OFFSETS[method])
+) -> tuple[str, int, float]:
+    """The concrete mode, the most directions memory lets run side by side, and the
+    seconds one evaluation of the loss takes."""
+    per_direction = points_per_probe(method)
     if traceable:
         compiled = jax.jit(flat_loss).lower(jnp.asarray(x)).compile()
         point = jnp.asarray(x)
@@ -183,7 +184,8 @@ def resolve_mode_and_batch(
     else:
         seconds = measure_evaluation_seconds(lambda: flat_loss(x.copy()), repeats=1)
         batch_size = 1
-    return resolve_mode(mode, x.size, per_direction, seconds, time_budget), batch_size
+    resolved = resolve_mode(mode, x.size, per_direction, seconds, time_budget)
+    return resolved, batch_size, seconds
 
 
 def _batch_size(compiled: Any, x: np.ndarray, per_direction: int, budget: int) -> int:

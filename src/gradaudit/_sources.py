@@ -55,6 +55,18 @@ class Probes:
             self.coordinates[:taken], self.vectors[:rest], self.vector_leaf[:rest]
         )
 
+    def subset(self, mask: np.ndarray) -> Probes:
+        """The probes where `mask` (over all probes, coordinates first) is set."""
+        at_coordinate, at_vector = (
+            mask[: self.coordinates.size],
+            mask[self.coordinates.size :],
+        )
+        return Probes(
+            self.coordinates[at_coordinate],
+            self.vectors[at_vector],
+            self.vector_leaf[at_vector],
+        )
+
     def leaf_numbers(self, layout: LeafLayout) -> np.ndarray:
         offsets = np.asarray(layout.offsets)
         coordinate_leaf = np.searchsorted(offsets, self.coordinates, side="right") - 1
@@ -82,6 +94,8 @@ class Estimates:
             units (finite differences only; zero for the others).
         left: the slope from the left where known, else nan.
         right: the slope from the right where known, else nan.
+        unstable: where a second look at a smaller step contradicted the estimate
+            beyond both error bounds (finite differences only; None if not looked).
     """
 
     values: np.ndarray
@@ -89,6 +103,7 @@ class Estimates:
     kink: np.ndarray
     left: np.ndarray
     right: np.ndarray
+    unstable: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
