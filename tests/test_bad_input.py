@@ -280,6 +280,31 @@ def test_raising_gradient_is_named_and_chained() -> None:
     assert "`grad(params, *args)`" in str(error)
 
 
+def test_a_gradient_leaf_returned_as_none_is_named() -> None:
+    def loss(p: dict[str, Any]) -> Any:
+        return jnp.sum(p["W"] ** 2) + jnp.sum(p["b"])
+
+    def grad(p: dict[str, Any]) -> Any:
+        return {"W": 2 * p["W"], "b": None}
+
+    pattern = r"\['b'\] returned as None; return zeros"
+    with pytest.raises(StructureMismatchError, match=pattern):
+        gradaudit.check(loss, {"W": W0, "b": np.ones(2)}, grad=grad)
+
+
+def test_a_gradient_passed_positionally_gets_a_keyword_hint() -> None:
+    def loss(p: dict[str, Any]) -> Any:
+        return jnp.sum(p["W"] ** 2)
+
+    def grad(p: dict[str, Any]) -> Any:
+        return {"W": 2 * p["W"]}
+
+    with pytest.raises(SourceFailedError, match=r"pass it by keyword") as excinfo:
+        gradaudit.check(loss, {"W": W0}, grad)
+    # The message quotes the first line of the error, once, with no doubled stop.
+    assert ".." not in str(excinfo.value)
+
+
 @pytest.fixture
 def restore_numpy_global_rng() -> Any:
     state = np.random.get_state()

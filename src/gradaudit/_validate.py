@@ -142,6 +142,13 @@ def validate_gradient_tree(gradient: Any, layout: LeafLayout) -> list[np.ndarray
         details = []
         if missing:
             details.append(f"these paths are missing: {format_paths(missing)}")
+            with_none, _ = leaves_with_paths(gradient, is_leaf=lambda v: v is None)
+            nones = tuple(p for p, v in with_none if v is None and p in missing)
+            if nones:
+                details[-1] += (
+                    f" ({format_paths(nones)} returned as None; return zeros of the"
+                    " parameter's shape for a leaf with no gradient)"
+                )
         if extra:
             details.append(f"these paths are not in `params`: {format_paths(extra)}")
         raise StructureMismatchError(
@@ -225,11 +232,19 @@ def call_user_function(
     try:
         return function(*arguments)
     except Exception as error:
+        # Only the first line: a JAX error can run to a page of tracer details.
+        text = str(error).strip()
+        detail = f": {text.splitlines()[0].rstrip('.')}" if text else ""
+        called = "loss" if source == "loss" else "grad"
+        hint = ""
+        if any(callable(a) and not hasattr(a, "shape") for a in arguments[1:]):
+            hint = (
+                " One of `args` is a function: if it is the hand-written gradient,"
+                " pass it by keyword, `check(loss, params, *args, grad=my_grad)`."
+            )
         raise SourceFailedError(
-            f"{names[source]} raised {type(error).__name__}: {error}. It is called"
-            " as `{}(params, *args)` with the `params` and `args` given to"
-            " gradaudit; make sure it runs on its own with those.".format(
-                "loss" if source == "loss" else "grad"
-            ),
+            f"{names[source]} raised {type(error).__name__}{detail}. It is called"
+            f" as `{called}(params, *args)` with the `params` and `args` given to"
+            f" gradaudit; make sure it runs on its own with those.{hint}",
             source=source,
         ) from error
