@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -527,3 +528,16 @@ def test_jax_loss_writing_into_numpy_data_gets_the_right_verdict() -> None:
     )
 
     assert report.ok, report.summary()
+
+
+def test_a_complex_gradient_leaf_is_named_not_silently_made_real() -> None:
+    with pytest.raises(gradaudit.InvalidTypeError, match=r"Leaf <root> .* complex"):
+        gradaudit.check(
+            lambda w: jnp.sum(w**2), np.array([1.0, 2.0]), grad=lambda w: 2 * w + 5j
+        )
+
+
+def test_a_prng_key_as_a_parameter_leaf_points_at_args() -> None:
+    params = {"w": np.ones(2), "key": jax.random.key(0)}
+    with pytest.raises(gradaudit.InvalidTypeError, match=r"\['key'\].*`\*args`"):
+        gradaudit.check(lambda p: jnp.sum(p["w"] ** 2), params)

@@ -201,6 +201,71 @@ def test_routing_the_gradient_to_every_tied_maximum_is_flagged():
     assert report.leaves[0].verdict == "manual_kink"
 
 
+def test_separate_kinks_bending_opposite_ways_allow_either_slope_at_each():
+    # ReLUs of units at exactly zero whose downstream weights differ in sign: one
+    # kink is convex, the other concave, and along their combined direction the
+    # bends cancel. Each unit's one-sided slope is still a valid choice.
+    def loss(b, c):
+        return jnp.sum(c * jax.nn.leaky_relu(b, 0.01))
+
+    def left_slopes(b, c):
+        return c * np.where(b > 0, 1.0, 0.01)
+
+    def routed_everywhere(b, c):
+        return c * 2.0
+
+    b, c = np.zeros(3), np.array([0.5, -2.0, 1.5])
+    report = gradaudit.check(loss, b, c, grad=left_slopes)
+    assert report.ok, report.summary()
+    assert len(report.leaves[0].kinks) == 3
+    assert not gradaudit.check(loss, b, c, grad=routed_everywhere).ok
+
+
+def test_a_dropout_loss_with_a_key_is_differentiated_as_the_session_draws(rng):
+    # With x64 on, jax.random draws another mask from the same key, so the
+    # reference must run with x64 off, as the user's session does.
+    def loss(w, key):
+        keep = jax.random.bernoulli(key, 0.5, w.shape)
+        return jnp.sum(jnp.where(keep, w / 0.5, 0.0) ** 2)
+
+    def grad(w, key):
+        keep = np.asarray(jax.random.bernoulli(key, 0.5, w.shape))
+        return np.where(keep, 2 * w / 0.25, 0.0)
+
+    def grad_without_rescale(w, key):
+        keep = np.asarray(jax.random.bernoulli(key, 0.5, w.shape))
+        return np.where(keep, 2 * w, 0.0)
+
+    w = rng.normal(size=12).astype(np.float32)
+    with jax.enable_x64(False):
+        for key in (jax.random.PRNGKey(3), jax.random.key(3)):
+            report = gradaudit.check(loss, w, key, grad=grad)
+            assert report.ok, report.summary()
+            assert report.settings.reference_precision.startswith("float32")
+            assert "jax.random" in report.findings[0]
+            wrong = gradaudit.check(loss, w, key, grad=grad_without_rescale)
+            assert wrong.leaves[0].verdict == "manual_wrong"
+    with jax.enable_x64(True):
+        report = gradaudit.check(
+            loss, w.astype(np.float64), jax.random.key(3), grad=grad
+        )
+        assert report.ok, report.summary()
+        assert report.settings.reference_precision.startswith("float64")
+
+
+def test_each_leaf_of_the_hand_written_gradient_keeps_its_own_precision():
+    # A float32 leaf beside a float64 one must not loosen the float64 leaf's rtol.
+    def loss(p):
+        return jnp.sum(p["a"] ** 2) + jnp.sum(p["b"] ** 3)
+
+    def grad(p):
+        return {"a": 2 * p["a"], "b": 3 * p["b"] ** 2 * (1 + 1e-5)}
+
+    params = {"a": np.array([1.0, 2.0], np.float32), "b": np.array([0.5, 1.5])}
+    report = gradaudit.check(loss, params, grad=grad)
+    assert [leaf.path for leaf in report.failing_leaves] == ["['b']"]
+
+
 def kink_near(point, distance, jump=1.0):
     """A loss of one weight with a jump in slope `distance` away from `point`."""
     corner = point + distance

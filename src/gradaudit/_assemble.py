@@ -56,7 +56,18 @@ def compare_all(
     floor_fd = compare.probe_floor(fd_probes, layout, leaf_scale, tolerance)
     floor_all = compare.probe_floor(every, layout, leaf_scale, tolerance)
     n_fd = fd_probes.count
-    dtype_of = {name: source.dtype for name, source in found.items()}
+
+    def rtol_on(probes: Probes, first: str, second: str) -> np.ndarray:
+        """The default rtol of a pair on each probe, from its leaf's precisions."""
+        per_leaf = np.array(
+            [
+                tolerance.rtol_for(
+                    found[first].dtype_of_leaf(leaf), found[second].dtype_of_leaf(leaf)
+                )
+                for leaf in range(len(layout.paths))
+            ]
+        )
+        return per_leaf[probes.leaf_numbers(layout)]
 
     estimates_fd = {
         name: found[name].estimates(fd_probes)
@@ -72,7 +83,7 @@ def compare_all(
         reference = (
             estimates_fd["autodiff"].values if "autodiff" in estimates_fd else fd.values
         )
-        rtol_fd = tolerance.rtol_for(dtype_of["fd"])
+        rtol_fd = tolerance.rtol_for(found["fd"].dtype)
         core = tolerance.atol + rtol_fd * (np.abs(reference) + floor_fd)
         reliability = compare.fd_reliability(fd, reference, floor_fd, core)
 
@@ -82,7 +93,6 @@ def compare_all(
 
     # manual vs autodiff: every element, with valid choices at kinks excused.
     if manual.available and autodiff.available:
-        rtol = tolerance.rtol_for(dtype_of["manual"], dtype_of["autodiff"])
         excused_all = np.zeros(every.count, bool)
         if fd is not None and reliability is not None:
             on_fd = compare.judge_pair(
@@ -92,7 +102,7 @@ def compare_all(
                 estimates_fd["manual"],
                 estimates_fd["autodiff"],
                 estimates_fd["autodiff"].values,
-                rtol,
+                rtol_on(fd_probes, "manual", "autodiff"),
                 tolerance,
                 floor_fd,
                 np.zeros(n_fd, bool),
@@ -159,7 +169,7 @@ def compare_all(
             manual.estimates(every),
             autodiff.estimates(every),
             autodiff.estimates(every).values,
-            rtol,
+            rtol_on(every, "manual", "autodiff"),
             tolerance,
             floor_all,
             np.zeros(every.count, bool),
@@ -210,7 +220,7 @@ def compare_all(
             estimates_fd[first],
             fd,
             reference,
-            tolerance.rtol_for(dtype_of[first], dtype_of["fd"]),
+            rtol_on(fd_probes, first, "fd"),
             tolerance,
             floor_fd,
             reliability.unreliable,
@@ -368,6 +378,6 @@ def _leaf_facts(
         reference_name=name,
         tolerance=tolerance,
         noise=on_leaf(manual, manual.noise),
-        manual_dtype=manual.dtype,
+        manual_dtype=manual.dtype_of_leaf(leaf),
         first_nonfinite=nonfinite,
     )

@@ -72,7 +72,7 @@ def check(
     time_budget: float = 10.0,
     memory_budget: int = 2**30,
     sources: Sequence[str] = SOURCE_NAMES,
-    precision: str = "float64",
+    precision: str | None = None,
     floor_fraction: float = 1e-3,
     noise_ulps: float = 8.0,
     taylor: bool = False,
@@ -115,10 +115,14 @@ def check(
         time_budget: seconds of finite differences `auto` may spend on full mode.
         memory_budget: bytes the batched finite differences may hold at once.
         sources: which of `"manual"`, `"autodiff"`, `"fd"` to run.
-        precision: the dtype `jax.grad` and finite differences run in,
-            `"float64"` (the default, under x64) or `"float32"` for devices
-            without float64; the float32 reference is far less able to resolve
-            small errors and its tolerances are float32's.
+        precision: the dtype `jax.grad` and finite differences run in:
+            `"float64"` (under x64) or `"float32"` (x64 off), for devices without
+            float64; the float32 reference is far less able to resolve small
+            errors and its tolerances are float32's. None (the default) means
+            float64, except for a loss that draws random numbers with
+            `jax.random` while x64 is off in your session: x64 changes what
+            `jax.random` draws from a key, so such a loss is differentiated in
+            float32, as your session computes it.
         taylor: also run the Taylor-remainder test (`report.taylor`): along
             `directions_per_leaf` random directions per leaf, the remainder
             `f(x + t v) - f(x) - t g.v` must shrink like `t**2`. A coarse second
@@ -150,25 +154,31 @@ def check(
     """
     tolerance = Tolerance(rtol, atol, floor_fraction, noise_ulps)
     _check_options(mode, method, step, samples_per_leaf, directions_per_leaf, sources)
-    if precision not in REFERENCE_DTYPES:
+    if precision is not None and precision not in REFERENCE_DTYPES:
         raise _option_error(
-            f"`precision` must be one of {REFERENCE_DTYPES}, got {precision!r}."
+            f"`precision` must be one of {REFERENCE_DTYPES} or None, got {precision!r}."
         )
+    user_x64 = bool(jax.config.read("jax_enable_x64"))
     checked = validate_params(params)
     layout = checked.layout
     wanted = set(sources) if grad is not None else set(sources) - {"manual"}
+    reference, x, data, traced = _traced_reference(
+        loss, checked, args, precision, user_x64
+    )
 
-    # The hand-written gradient runs first, outside the float64 reference
-    # context, so that it sees the user's own JAX settings, exactly as written.
+    # The hand-written gradient runs outside the reference context, so that it
+    # sees the user's own JAX settings, exactly as written. Its second run in
+    # another precision measures its rounding, unless it may draw other random
+    # numbers there, as the loss does.
     found: dict[str, Source] = {}
     if "manual" in wanted and grad is not None:
-        found["manual"] = manual_source(grad, checked, args)
+        found["manual"] = manual_source(
+            grad, checked, args, measure_rounding=not traced.draws_random
+        )
 
+    precision = reference
     with reference_precision(precision):
-        x = checked.flat64().astype(precision)
-        data = reference_args(args, precision)
         loss_value = evaluate_loss_twice(loss, layout, x, data)
-        traced = trace_loss(loss, layout, x, data)
         loss_dtype = lowest_precision(traced.loss_dtype, _float_or_64(loss_value.dtype))
         flat_loss = flat_loss_function(
             loss, layout, data, traced.ok, loss_value.host_arrays
@@ -177,10 +187,10 @@ def check(
         low_autodiff = None
         if "autodiff" in wanted:
             found["autodiff"], low_autodiff = autodiff_source(
-                flat_loss, x, traced, loss_dtype
+                flat_loss, x, traced, loss_dtype, probe_float32=not traced.draws_random
             )
         sensitivity = sensitivity_of(found, low_autodiff, layout)
-        found = with_noise(found, sensitivity, noise_ulps)
+        found = with_noise(found, sensitivity, noise_ulps, layout)
         _require_two(found, grad is not None, "fd" in wanted)
 
         scales = step_scales(x, layout)
@@ -370,6 +380,8 @@ def check(
         for name, s in found.items()
     }
     findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, precision)
+    if traced.draws_random and not user_x64:
+        findings.insert(0, _random_draws_finding(precision))
     if unstable:
         findings.append(
             f"Finite differences at {unstable} element(s) or direction(s) disagreed"
@@ -399,6 +411,52 @@ def check(
         settings,
         tuple(findings),
         taylor_results,
+    )
+
+
+def _traced_reference(
+    loss: Callable[..., Any],
+    checked: Params,
+    args: tuple[Any, ...],
+    precision: str | None,
+    user_x64: bool,
+) -> tuple[str, np.ndarray, tuple[Any, ...], LossTrace]:
+    """The reference precision, the point and data in it, and the loss traced there.
+
+    float64 unless asked otherwise, or unless the loss draws random numbers while
+    x64 is off in the user's session: then float32, the only precision in which
+    `jax.random` draws what it draws for the user.
+    """
+
+    def traced_in(reference: str) -> tuple[str, np.ndarray, tuple[Any, ...], LossTrace]:
+        x = checked.flat64().astype(reference)
+        data = reference_args(args, reference)
+        with reference_precision(reference):
+            return reference, x, data, trace_loss(loss, checked.layout, x, data)
+
+    chosen = traced_in(precision or "float64")
+    if precision is None and chosen[3].draws_random and not user_x64:
+        return traced_in("float32")
+    return chosen
+
+
+def _random_draws_finding(precision: str) -> str:
+    """What a loss that draws random numbers, in a session with x64 off, implies."""
+    if precision == "float32":
+        return (
+            "The loss draws random numbers with jax.random, which draws other"
+            " numbers from the same key when x64 is on. x64 is off in this session,"
+            " so jax.grad and finite differences ran as a float32 reference with"
+            " x64 off, as your code runs, with float32's tolerances. For a float64"
+            " reference, turn x64 on around the check, or draw the random numbers"
+            " outside the loss and pass them in `args`."
+        )
+    return (
+        "The loss draws random numbers with jax.random. The float64 reference runs"
+        " with x64 on, where the same key may draw other numbers than in this"
+        " session (x64 off), so a hand-written gradient that draws its own can"
+        " seem wrong. Leave `precision` unset to differentiate such a loss in"
+        " float32, as this session runs it."
     )
 
 

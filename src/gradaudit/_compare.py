@@ -114,7 +114,7 @@ def judge_pair(
     first: Estimates,
     second: Estimates,
     reference: np.ndarray,
-    rtol: float,
+    rtol: float | np.ndarray,
     tolerance: Tolerance,
     floor: np.ndarray,
     unreliable: np.ndarray,
@@ -199,8 +199,12 @@ def excuse_kinks(
     though (tied maxima): routing the whole gradient to every tied input passes the
     per-coordinate test and is still wrong. So the coordinates where the two sources
     disagree are also tested together, along the direction that moves them all at
-    once (each with the sign that orients its kink the same way): a valid gradient's
-    projection on that direction must lie between the one-sided slopes along it.
+    once: a valid gradient's projection on that direction must lie between the
+    one-sided slopes along it. That holds where the loss is convex (or concave)
+    along the direction, so convex kinks (slope rising across the kink) and concave
+    ones are tested as two groups: mixing them, say the ReLUs of two units whose
+    downstream weights differ in sign, lets their bends cancel along the combined
+    direction, and a valid choice would fail.
 
     Returns:
         A mask over the probes of the excused disagreements, and for each source
@@ -215,18 +219,20 @@ def excuse_kinks(
     if not candidates.any():
         return np.zeros_like(candidates), joint
 
-    positions = np.flatnonzero(candidates)
-    orientation = np.sign(fd.right[positions] - fd.left[positions])
-    orientation[orientation == 0] = 1.0
-    direction = np.zeros(size)
-    direction[coordinates[positions]] = orientation * coordinate_scale[positions]
-    left, right, noise = one_sided(direction)
-    low, high = min(left, right), max(left, right)
-    weights = orientation * coordinate_scale[positions]
-    joint_slack = noise + float(np.abs(weights) @ slack[positions])
-    for name, estimates in (("manual", manual), ("autodiff", autodiff)):
-        projection = float(weights @ estimates.values[positions])
-        joint[name] = low - joint_slack <= projection <= high + joint_slack
+    convex = fd.right >= fd.left
+    for group in (candidates & convex, candidates & ~convex):
+        positions = np.flatnonzero(group)
+        if not positions.size:
+            continue
+        weights = coordinate_scale[positions]
+        direction = np.zeros(size)
+        direction[coordinates[positions]] = weights
+        left, right, noise = one_sided(direction)
+        low, high = min(left, right), max(left, right)
+        joint_slack = noise + float(weights @ slack[positions])
+        for name, estimates in (("manual", manual), ("autodiff", autodiff)):
+            projection = float(weights @ estimates.values[positions])
+            joint[name] &= low - joint_slack <= projection <= high + joint_slack
 
     excused = candidates & valid["manual"] & valid["autodiff"]
     if not (joint["manual"] and joint["autodiff"]):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._loss import LossTrace, copied_args
 from ._paths import LeafLayout
-from ._precision import lowest_precision
+from ._precision import is_floating, lowest_precision
 from ._sources import (
     Source,
     autodiff_gradient,
@@ -30,11 +30,17 @@ def autodiff_source(
     x: np.ndarray,
     traced: LossTrace,
     loss_dtype: np.dtype,
+    probe_float32: bool = True,
 ) -> tuple[Source, np.ndarray | None]:
+    """`jax.grad` as a source, and its float32 twin for measuring rounding.
+
+    `probe_float32=False` skips the twin, for a loss that computes something else
+    with x64 off (one that draws random numbers).
+    """
     if not traced.ok:
         return unavailable("autodiff", "the loss is not traceable by JAX"), None
     try:
-        high, low = autodiff_gradient(flat_loss, x)
+        high, low = autodiff_gradient(flat_loss, x, probe_float32)
     except Exception as error:
         first_line = str(error).splitlines()[0][:200] if str(error) else ""
         reason = f"jax.grad failed: {type(error).__name__}: {first_line}"
@@ -43,8 +49,16 @@ def autodiff_source(
 
 
 def manual_source(
-    grad: Callable[..., Any], checked: Params, args: tuple[Any, ...]
+    grad: Callable[..., Any],
+    checked: Params,
+    args: tuple[Any, ...],
+    measure_rounding: bool = True,
 ) -> Source:
+    """The hand-written gradient as a source, called as the user wrote it.
+
+    With `measure_rounding`, it is called once more in another precision to
+    measure its rounding (see `_manual_rounding`).
+    """
     raw = call_user_function(
         grad, (checked.native_tree(), *copied_args(args)), "manual"
     )
@@ -57,8 +71,19 @@ def manual_source(
     ]
     dtype = lowest_precision(*dtypes).name
     flat = np.concatenate([leaf.astype(np.float64).ravel() for leaf in leaves])
-    rounding = _manual_rounding(grad, checked, args, flat, dtype)
-    return Source("manual", True, "as written", dtype, flat, rounding=rounding)
+    rounding = (
+        _manual_rounding(grad, checked, args, flat, dtype) if measure_rounding else None
+    )
+    mixed = len({d.name for d in dtypes}) > 1
+    return Source(
+        "manual",
+        True,
+        "as written",
+        dtype,
+        flat,
+        rounding=rounding,
+        leaf_dtypes=tuple(d.name for d in dtypes) if mixed else (),
+    )
 
 
 def _manual_rounding(
@@ -90,9 +115,8 @@ def _cast_floats(args: tuple[Any, ...], dtype: str) -> tuple[Any, ...]:
     """Copies of `args` with every floating array cast to `dtype`."""
 
     def convert(leaf: Any) -> Any:
-        if isinstance(leaf, np.ndarray | jax.Array | np.generic) and (
-            np.issubdtype(np.dtype(leaf.dtype), np.floating)
-            or np.dtype(leaf.dtype).name == "bfloat16"
+        if isinstance(leaf, np.ndarray | jax.Array | np.generic) and is_floating(
+            leaf.dtype
         ):
             if isinstance(leaf, jax.Array):
                 return jnp.asarray(leaf, dtype)
@@ -117,7 +141,10 @@ def sensitivity_of(
 
 
 def with_noise(
-    found: dict[str, Source], sensitivity: np.ndarray, noise_ulps: float
+    found: dict[str, Source],
+    sensitivity: np.ndarray,
+    noise_ulps: float,
+    layout: LeafLayout,
 ) -> dict[str, Source]:
     """Attach each gradient's rounding allowance (see `_tolerance`).
 
@@ -129,7 +156,10 @@ def with_noise(
     for name, source in found.items():
         if source.gradient is not None:
             noise = rounding_noise(
-                np.nan_to_num(source.gradient), sensitivity, source.dtype, noise_ulps
+                np.nan_to_num(source.gradient),
+                sensitivity,
+                source.epsilon_per_element(layout),
+                noise_ulps,
             )
             if source.rounding is not None:
                 noise = np.maximum(noise, 2.0 * source.rounding)

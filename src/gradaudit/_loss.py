@@ -15,7 +15,7 @@ from jax.extend.core import jaxprs_in_params
 
 from ._errors import NondeterministicLossError, SourceFailedError
 from ._paths import LeafLayout
-from ._precision import epsilon, lowest_precision, narrowing_casts
+from ._precision import epsilon, is_floating, lowest_precision, narrowing_casts
 from ._validate import call_user_function, check_loss_value
 
 # Two evaluations of a deterministic loss at the same point agree to the last bit
@@ -32,8 +32,7 @@ def reference_args(args: tuple[Any, ...], dtype: str = "float64") -> tuple[Any, 
 
     def convert(leaf: Any) -> Any:
         if isinstance(leaf, np.ndarray | jax.Array | np.generic):
-            own = np.dtype(leaf.dtype)
-            if np.issubdtype(own, np.floating) or own.name == "bfloat16":
+            if is_floating(leaf.dtype):
                 return np.array(leaf, dtype=dtype)
             if isinstance(leaf, np.ndarray):
                 return leaf.copy()
@@ -139,6 +138,7 @@ class LossTrace:
     narrowing: tuple[str, ...]
     fd_note: str
     rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    draws_random: bool = False
 
 
 def trace_loss(
@@ -158,9 +158,12 @@ def trace_loss(
             (),
             "evaluated on the host, one point at a time (the loss is not traceable)",
         )
-    out_dtype = np.dtype(closed.out_avals[0].dtype)
+    # A non-float output is refused when the loss is evaluated; until then it
+    # says nothing about precision.
+    out_dtype = closed.out_avals[0].dtype
+    floating_out = (np.dtype(out_dtype),) if is_floating(out_dtype) else ()
     narrowing = tuple(sorted(narrowing_casts(closed.jaxpr, x.dtype.name)))
-    loss_dtype = lowest_precision(x.dtype, out_dtype, *narrowing)
+    loss_dtype = lowest_precision(x.dtype, *floating_out, *narrowing)
     return LossTrace(
         True,
         "",
@@ -168,6 +171,28 @@ def trace_loss(
         narrowing,
         "one jitted program on the device",
         special_rules(closed.jaxpr),
+        draws_random(closed.jaxpr),
+    )
+
+
+# The primitives through which jax.random turns a key into random bits.
+_RANDOM_PRIMITIVES = frozenset(
+    {"random_bits", "threefry2x32", "rng_bit_generator", "rng_uniform"}
+)
+
+
+def draws_random(jaxpr: Any) -> bool:
+    """Whether a jaxpr, sub-jaxprs included, draws random numbers from a key.
+
+    What `jax.random` draws with a default dtype depends on whether x64 is on (a
+    float64 uniform consumes other bits than a float32 one), so the same key gives
+    a loss with dropout another mask under gradaudit's float64 reference than in
+    the user's session.
+    """
+    return any(
+        eqn.primitive.name in _RANDOM_PRIMITIVES
+        or any(draws_random(sub) for sub in jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
     )
 
 

@@ -19,6 +19,11 @@ def is_float_dtype(dtype: Any) -> bool:
     return np.dtype(dtype).name in FLOAT_DTYPES
 
 
+def is_floating(dtype: Any) -> bool:
+    """Whether an array's dtype is a real float, without choking on PRNG key dtypes."""
+    return bool(jax.dtypes.issubdtype(dtype, jnp.floating))
+
+
 def epsilon(dtype: Any) -> float:
     """Machine epsilon of a floating dtype (bfloat16 included)."""
     return float(jnp.finfo(np.dtype(dtype)).eps)

@@ -237,7 +237,8 @@ class Settings:
             central differences could not settle a disagreement and were redone).
         step: the relative finite-difference step.
         rtol: the `rtol` passed (None: chosen per pair, see `rtol_used`).
-        rtol_used: the relative tolerance applied to each pair.
+        rtol_used: the relative tolerance applied to each pair (the loosest over
+            its leaves, when leaves of the hand-written gradient differ in dtype).
         atol: the absolute tolerance.
         floor_fraction: the per-leaf floor, as a fraction of the leaf's scale.
         noise_ulps: rounding units allowed per source.

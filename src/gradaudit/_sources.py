@@ -120,6 +120,8 @@ class Source:
         rounding: for `manual`, the rounding measured by evaluating it again in
             another precision (see `measured_rounding`), or None.
         answered: for `fd`, its estimates on the probes it was computed for.
+        leaf_dtypes: for `manual`, the precision of each leaf, when leaves differ
+            (a float32 leaf beside a float64 one); empty when `dtype` holds for all.
     """
 
     name: str
@@ -130,6 +132,16 @@ class Source:
     noise: np.ndarray | None = None
     answered: Estimates | None = None
     rounding: np.ndarray | None = None
+    leaf_dtypes: tuple[str, ...] = ()
+
+    def dtype_of_leaf(self, leaf: int) -> str:
+        return self.leaf_dtypes[leaf] if self.leaf_dtypes else self.dtype
+
+    def epsilon_per_element(self, layout: LeafLayout) -> np.ndarray | float:
+        """Machine epsilon of the precision each element was computed in."""
+        if not self.leaf_dtypes:
+            return epsilon(self.dtype)
+        return np.repeat([epsilon(d) for d in self.leaf_dtypes], layout.sizes)
 
     def estimates(self, probes: Probes) -> Estimates:
         if self.answered is not None:
@@ -148,11 +160,11 @@ def unavailable(name: str, reason: str) -> Source:
 def rounding_noise(
     gradient: np.ndarray,
     sensitivity: np.ndarray,
-    dtype: str,
+    eps: float | np.ndarray,
     noise_ulps: float,
 ) -> np.ndarray:
-    """The rounding a gradient computed in `dtype` may carry, per element."""
-    return noise_ulps * epsilon(dtype) * (np.abs(gradient) + sensitivity)
+    """The rounding a gradient computed with machine epsilon `eps` may carry."""
+    return noise_ulps * eps * (np.abs(gradient) + sensitivity)
 
 
 def measured_rounding(
@@ -198,15 +210,16 @@ def rounding_sensitivity(
 
 
 def autodiff_gradient(
-    flat_loss: Callable[[Any], Any], x: np.ndarray
+    flat_loss: Callable[[Any], Any], x: np.ndarray, probe_float32: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`jax.grad` of the flat loss at `x` in float64, and again in float32.
 
     Must be called in the reference-precision context. The float32 evaluation, run
-    with x64 off, only measures rounding sensitivity; it is None if it fails.
+    with x64 off, only measures rounding sensitivity; it is None if it fails or
+    `probe_float32` is False.
     """
     high = np.asarray(jax.jit(jax.grad(flat_loss))(jnp.asarray(x)), np.float64)
-    if x.dtype != np.float64:
+    if x.dtype != np.float64 or not probe_float32:
         return high, None  # a float32 reference has no higher precision to probe
     try:
         with jax.enable_x64(False):

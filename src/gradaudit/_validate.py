@@ -102,6 +102,8 @@ def validate_params(params: Any) -> Params:
         if not isinstance(leaf, _ARRAY_TYPES):
             kind = f"Python {type(leaf).__name__}"
             raise InvalidTypeError(_NOT_AN_ARRAY.format(path=path, kind=kind))
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise InvalidTypeError(_NOT_FLOAT.format(path=path, dtype=leaf.dtype))
         dtype = np.dtype(leaf.dtype)
         if np.issubdtype(dtype, np.complexfloating):
             raise InvalidTypeError(_COMPLEX.format(path=path, dtype=dtype.name))
@@ -167,6 +169,13 @@ def validate_gradient_tree(gradient: Any, layout: LeafLayout) -> list[np.ndarray
                 f"Leaf {path} of the hand-written gradient is a"
                 f" {type(leaf).__name__}, which cannot be read as an array."
             ) from error
+        if np.issubdtype(array.dtype, np.complexfloating):
+            raise InvalidTypeError(
+                f"Leaf {path} of the hand-written gradient is complex"
+                f" ({array.dtype}), but the parameters are real, so their gradient"
+                " is real too. Return the real gradient; if the imaginary part is"
+                " meant to carry a second parameter, make it a leaf of its own."
+            )
         if not (
             np.issubdtype(array.dtype, np.number) or array.dtype.name == "bfloat16"
         ):
