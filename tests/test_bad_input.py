@@ -439,14 +439,14 @@ def test_untraceable_loss_without_grad_is_rejected() -> None:
 
 @pytest.mark.parametrize("option", ["atol", "rtol"])
 def test_negative_tolerance_is_an_invalid_input_error(option: str) -> None:
-    pattern = rf"`{option}` must be a finite number >= 0, got -0.001"
+    pattern = rf"`{option}` must be a finite number >= 0( or None)?, got -0.001"
     with pytest.raises(InvalidInputError, match=pattern):
         gradaudit.check(_sin_loss, {"W": W0}, grad=_sin_grad, **{option: -1e-3})
 
 
 @pytest.mark.parametrize("option", ["atol", "rtol"])
 def test_negative_tolerance_is_a_value_error_naming_the_option(option: str) -> None:
-    pattern = rf"`{option}` must be a finite number >= 0, got -0.001"
+    pattern = rf"`{option}` must be a finite number >= 0( or None)?, got -0.001"
     with pytest.raises(ValueError, match=pattern):
         gradaudit.check(_sin_loss, {"W": W0}, grad=_sin_grad, **{option: -1e-3})
 
@@ -541,3 +541,46 @@ def test_a_prng_key_as_a_parameter_leaf_points_at_args() -> None:
     params = {"w": np.ones(2), "key": jax.random.key(0)}
     with pytest.raises(gradaudit.InvalidTypeError, match=r"\['key'\].*`\*args`"):
         gradaudit.check(lambda p: jnp.sum(p["w"] ** 2), params)
+
+
+def test_a_tuple_returned_for_namedtuple_params_names_both_containers() -> None:
+    params = _Layer(W0, W0[0])
+    with pytest.raises(StructureMismatchError, match="a tuple where `params` has a"):
+        gradaudit.check(
+            lambda p: jnp.sum(p.weight**2) + jnp.sum(p.bias**2),
+            params,
+            grad=lambda p: (2 * p.weight, 2 * p.bias),
+        )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("seed", -1),
+        ("seed", 1.5),
+        ("rtol", "1e-3"),
+        ("atol", None),
+        ("time_budget", -1.0),
+        ("memory_budget", 0),
+        ("floor_fraction", True),
+    ],
+)
+def test_bad_option_values_name_the_option(option: str, value: Any) -> None:
+    with pytest.raises(InvalidInputError, match=f"`{option}` must be"):
+        gradaudit.check(lambda w: jnp.sum(w**2), np.ones(2), **{option: value})
+
+
+def test_a_loss_jax_traces_but_cannot_batch_runs_on_the_host() -> None:
+    def loss(w: Any) -> Any:
+        return jax.pure_callback(
+            lambda v: np.asarray(np.sum(np.asarray(v) ** 2)),
+            jax.ShapeDtypeStruct((), w.dtype),
+            w,
+        )
+
+    w = np.array([0.3, -0.8, 1.1])
+    report = gradaudit.check(loss, w, grad=lambda w: 2 * w)
+    assert report.ok, report.summary()
+    assert not report.sources["autodiff"].available
+    assert "not batchable by jax.vmap" in report.findings[0]
+    assert not gradaudit.check(loss, w, grad=lambda w: 2.1 * w).ok

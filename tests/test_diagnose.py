@@ -119,3 +119,88 @@ def test_the_diagnosis_travels_in_the_json(rng):
     assert leaf["diagnosis"]["kind"] == "sign"
     assert leaf["diagnosis"]["detail"]["factor"] == pytest.approx(-1.0)
     assert leaf["diagnosis"]["summary"] == "the sign is flipped"
+
+
+def test_a_few_scattered_elements_near_the_edges_are_no_border(rng):
+    w0 = rng.normal(size=(40, 30))
+
+    def loss(w):
+        return jnp.sum(jnp.sin(w) * w)
+
+    def grad(w):
+        g = np.sin(w) + w * np.cos(w)
+        for index in [(3, 4), (30, 27), (12, 2)]:
+            g[index] *= 1.001
+        return g
+
+    diagnosis = gradaudit.check(loss, w0, grad=grad).leaves[0].diagnosis
+    assert diagnosis.kind == "no_pattern"
+    assert diagnosis.detail == {"mismatched": 3}
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+def test_a_flipped_sign_is_named_on_a_single_element_leaf(shape):
+    def loss(p):
+        return jnp.sum(jnp.sin(p["w"])) + jnp.sum(p["v"] ** 2)
+
+    def grad(p):
+        return {"w": -np.cos(p["w"]), "v": 2 * p["v"]}
+
+    params = {"w": np.full(shape, 0.4), "v": np.array([0.5, -1.0])}
+    report = gradaudit.check(loss, params, grad=grad)
+    assert [leaf.path for leaf in report.failing_leaves] == ["['w']"]
+    assert report.leaf("['w']").diagnosis.kind == "sign"
+
+
+def test_a_factor_shared_by_some_leaves_only_is_not_the_whole_backward_pass():
+    def loss(p):
+        return jnp.sin(p["a"]) + jnp.cos(p["b"]) + p["c"] ** 3 + jnp.exp(p["d"])
+
+    def grad(p):
+        return {
+            "a": 1.7 * np.cos(p["a"]),
+            "b": -np.sin(p["b"]),
+            "c": 1.7 * 3 * p["c"] ** 2,
+            "d": np.exp(p["d"]),
+        }
+
+    params = {
+        k: np.array(v) for k, v in zip("abcd", [0.3, 0.8, -0.6, 0.1], strict=True)
+    }
+    report = gradaudit.check(loss, params, grad=grad)
+    assert [leaf.path for leaf in report.failing_leaves] == ["['a']", "['c']"]
+    diagnosis = report.leaf("['a']").diagnosis
+    assert diagnosis.kind == "scale"
+    assert diagnosis.detail["leaves"] == ["['a']", "['c']"]
+    assert "whole backward pass" not in diagnosis.summary
+
+
+def test_a_factor_close_to_one_is_written_with_the_digits_that_show_it(rng):
+    w = rng.normal(size=5)
+    report = gradaudit.check(
+        lambda w: jnp.sum(w**3), w, grad=lambda w: 3 * w**2 * 1.0001
+    )
+    assert report.leaves[0].diagnosis.summary == "scaled by 1.0001"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_two_swapped_leaves_are_named_as_swapped_in_either_dtype(rng, dtype):
+    params = {
+        "U": rng.normal(size=(3, 3)).astype(dtype),
+        "V": rng.normal(size=(3, 3)).astype(dtype),
+    }
+    x = rng.normal(size=(4, 3)).astype(dtype)
+
+    def loss(p, x):
+        return jnp.sum(jnp.tanh(x @ p["U"]) @ p["V"])
+
+    def grad(p, x):
+        hidden = np.tanh(x @ p["U"])
+        upstream = np.ones((x.shape[0], 3), dtype) @ p["V"].T * (1 - hidden**2)
+        return {"U": hidden.T @ np.ones((x.shape[0], 3), dtype), "V": x.T @ upstream}
+
+    report = gradaudit.check(loss, params, x, grad=grad)
+    for path, other in (("['U']", "['V']"), ("['V']", "['U']")):
+        diagnosis = report.leaf(path).diagnosis
+        assert diagnosis.kind == "swap", report.summary()
+        assert diagnosis.detail == {"other": other, "mutual": True}

@@ -50,7 +50,7 @@ def compare_all(
 ) -> Comparison:
     """Judge every available pair, assemble per-leaf results, diagnose failures."""
     fd_probes: Probes = plan.probes
-    every = full_probes(layout, plan)
+    every = full_probes(layout)
     manual, autodiff = found["manual"], found["autodiff"]
     leaf_scale = compare.leaf_scales(layout, found, fd_probes, fd)
     floor_fd = compare.probe_floor(fd_probes, layout, leaf_scale, tolerance)

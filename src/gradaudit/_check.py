@@ -52,7 +52,7 @@ from ._stability import STEP_DIVISOR, recheck_at_smaller_step
 from ._taylor import TaylorResult, convergence_order, is_consistent
 from ._taylor import remainders as taylor_remainders
 from ._taylor import values_along as taylor_values_along
-from ._tolerance import Tolerance
+from ._tolerance import Tolerance, is_non_negative_number
 from ._validate import Params, validate_params
 
 
@@ -154,6 +154,7 @@ def check(
     """
     tolerance = Tolerance(rtol, atol, floor_fraction, noise_ulps)
     _check_options(mode, method, step, samples_per_leaf, directions_per_leaf, sources)
+    _check_budgets(seed, time_budget, memory_budget)
     if precision is not None and precision not in REFERENCE_DTYPES:
         raise _option_error(
             f"`precision` must be one of {REFERENCE_DTYPES} or None, got {precision!r}."
@@ -566,7 +567,7 @@ def _check_options(
         ("samples_per_leaf", samples_per_leaf),
         ("directions_per_leaf", directions_per_leaf),
     ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not _is_int(value):
             raise _option_error(f"`{name}` must be a positive int, got {value!r}.")
         if value < 1:
             raise _option_error(f"`{name}` must be a positive int, got {value!r}.")
@@ -580,6 +581,28 @@ def _check_options(
         raise _option_error(
             f"`sources` must name at least two of {SOURCE_NAMES}, got {tuple(sources)}."
         )
+
+
+def _check_budgets(seed: Any, time_budget: Any, memory_budget: Any) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise _option_error(
+            f"`seed` must be an int >= 0, got {seed!r}; it seeds numpy's"
+            " `default_rng`, which takes no negative or fractional seeds."
+        )
+    if not is_non_negative_number(time_budget):
+        raise _option_error(
+            f"`time_budget` must be a number of seconds >= 0 (0 makes `auto`"
+            f" sample large leaves), got {time_budget!r}."
+        )
+    if not _is_int(memory_budget) or memory_budget <= 0:
+        raise _option_error(
+            f"`memory_budget` must be a number of bytes > 0 (an int), got"
+            f" {memory_budget!r}."
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _require_two(found: dict[str, Source], grad_given: bool, fd_wanted: bool) -> None:
@@ -651,8 +674,8 @@ def _findings(
     findings = []
     if not traced.ok:
         findings.append(
-            "The loss could not be traced by JAX"
-            f" ({traced.reason}), so jax.grad is unavailable and finite differences"
+            f"The loss is {traced.reason}, so jax.grad is unavailable and finite"
+            " differences"
             " ran on the host, one evaluation at a time."
         )
     if traced.narrowing or traced.loss_dtype != np.dtype(precision):

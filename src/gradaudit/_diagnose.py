@@ -28,9 +28,14 @@ from ._report import Diagnosis, LeafReport
 _SLACK = 4.0
 # A region is only named when this share of the leaf's elements was judged.
 _REGION_COVERAGE = 0.9
+# A border is named only when the wrong elements fill this share of its band.
+_BORDER_FILL = 0.5
 # Factors are recognised as simple fractions with denominators up to this.
 _MAX_DENOMINATOR = 16
 _FACTOR_RTOL = 1e-4
+# A factor is written as a fraction only when it is one this closely; 1.0001 is
+# not 1, even though a factor that close to 1 is named a scaling.
+_TEXT_RTOL = 1e-6
 _MANUAL_VERDICTS = ("manual_wrong", "manual_wrong_vs_fd", "manual_or_autodiff")
 
 
@@ -130,14 +135,18 @@ def _shared_factor(
         return {}
     factor = factors[0]
     paths = ", ".join(leaves[number].path for number in candidates)
+    summary = f"scaled by {_factor_text(factor)}, the same factor on {paths}"
+    if len(candidates) == len(leaves):
+        summary += (
+            ": a factor of the whole backward pass (the loss's own derivative left"
+            " out, as when differencing the output instead of the loss?)"
+        )
     return {
         number: Diagnosis(
             "scale",
-            f"scaled by {_factor_text(factor)}, the same factor on {paths}: a factor"
-            " of the whole backward pass (the loss's own derivative left out, as"
-            " when differencing the output instead of the loss?)",
-            f"Each of {paths} equals {_fmt(factor)} times the reference on every"
-            " judged element.",
+            summary,
+            f"Each of {paths} equals {_factor_text(factor)} times the reference on"
+            " every judged element.",
             {"factor": factor, "leaves": list(paths.split(", "))},
         )
         for number in candidates
@@ -265,12 +274,19 @@ def _zero(fit: _Fit) -> Diagnosis | None:
 
 def _scale(fit: _Fit, sizes: frozenset[int]) -> Diagnosis | None:
     factor = fit.factor()
-    if fit.informative < 2 or factor is None or factor == 0:
+    if factor is None or factor == 0 or fit.informative < 1:
         return None
     if not fit.explains(factor * fit.reference, factor):
         return None
+    # Any factor fits one element, so one alone is evidence only of a factor that
+    # a mistake would produce exactly: -1, 2, 1/2, a size in the data.
+    if fit.informative < 2 and not (
+        _close(factor, -1.0) or _named_factor(abs(factor), sizes)
+    ):
+        return None
     evidence = (
-        f"The hand-written gradient equals {_fmt(factor)} times {fit.name} on all"
+        f"The hand-written gradient equals {_factor_text(factor)} times {fit.name}"
+        f" on all"
         f" {fit.m.size} judged elements, within the check's tolerance."
     )
     detail: dict[str, Any] = {"factor": factor}
@@ -325,11 +341,7 @@ def _swap(fit: _Fit, others: Sequence[tuple[str, LeafFacts]]) -> Diagnosis | Non
             continue
         if not fit.explains(other.reference):
             continue
-        mutual = (
-            other.manual is not None
-            and fit.reference is not None
-            and np.allclose(other.manual, fit.reference, rtol=1e-6, atol=0.0)
-        )
+        mutual = _complete(other) and _Fit(other).explains(fit.reference)
         summary = f"holds the gradient of {path}"
         if mutual:
             summary += f", and {path} holds this one's: the two are swapped"
@@ -428,7 +440,8 @@ def _slice_diagnosis(
 ) -> Diagnosis:
     # The last index along the first axis of a sequence is its last time step;
     # the leaf's shape cannot tell a sequence from a weight, so it is a question.
-    last_step = axis == 0 and len(shape) >= 2 and index == shape[0] - 1
+    # A 4-D leaf is a convolution's weight far more often than a sequence.
+    last_step = axis == 0 and len(shape) in (2, 3) and index == shape[0] - 1
     if len(shape) == 1:
         region, summary = "slice", f"wrong only at index {index}"
     elif len(shape) == 2:
@@ -471,6 +484,18 @@ def _border(
         "right": bool(np.any(cols >= spatial[1] - width)),
     }
     if sum(sides.values()) < 2:
+        return None
+    # A few scattered elements near the edges of a large leaf are no border: the
+    # wrong elements must fill most of the band they lie in.
+    grid = np.indices(shape)
+    band = (
+        np.minimum(
+            np.minimum(grid[-2], spatial[0] - 1 - grid[-2]),
+            np.minimum(grid[-1], spatial[1] - 1 - grid[-1]),
+        )
+        < width
+    )
+    if bad.reshape(shape).sum() < _BORDER_FILL * band.sum():
         return None
     return Diagnosis(
         "region",
@@ -538,10 +563,19 @@ def _close(value: float, target: float, rtol: float = _FACTOR_RTOL) -> bool:
 
 
 def _factor_text(factor: float) -> str:
+    """A factor as a simple fraction where it is one, else with enough digits to
+    tell it from the nearest whole number (1.0001, not 1)."""
     fraction = Fraction(factor).limit_denominator(_MAX_DENOMINATOR)
-    if fraction.denominator != 1 and _close(factor, float(fraction)):
+    if _close(factor, float(fraction), _TEXT_RTOL):
+        if fraction.denominator == 1:
+            return f"{fraction.numerator}"
         return f"{fraction.numerator}/{fraction.denominator}"
-    return _fmt(factor)
+    whole = round(factor)
+    for digits in range(4, 12):
+        text = f"{float(factor):.{digits}g}"
+        if abs(float(text) - factor) <= 0.1 * abs(factor - whole):
+            return text
+    return repr(float(factor))
 
 
 def _fmt(value: float) -> str:

@@ -38,7 +38,7 @@ def autodiff_source(
     with x64 off (one that draws random numbers).
     """
     if not traced.ok:
-        return unavailable("autodiff", "the loss is not traceable by JAX"), None
+        return unavailable("autodiff", f"the loss is {traced.reason}"), None
     try:
         high, low = autodiff_gradient(flat_loss, x, probe_float32)
     except Exception as error:

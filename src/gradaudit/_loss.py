@@ -130,7 +130,11 @@ def evaluate_loss_twice(
 
 @dataclasses.dataclass(frozen=True)
 class LossTrace:
-    """What tracing the loss revealed."""
+    """What tracing the loss revealed.
+
+    `reason` completes "the loss is ..." when `ok` is False: why jax.grad and
+    batched finite differences cannot run.
+    """
 
     ok: bool
     reason: str
@@ -145,18 +149,32 @@ def trace_loss(
     loss: Callable[..., Any], layout: LeafLayout, x: np.ndarray, args: tuple[Any, ...]
 ) -> LossTrace:
     """Find out whether JAX can trace the loss, and what precision it computes in."""
+
+    def traced(flat: Any) -> Any:
+        return loss(layout.unflatten(flat), *device_args(args))
+
     try:
-        closed = jax.make_jaxpr(
-            lambda flat: loss(layout.unflatten(flat), *device_args(args))
-        )(jnp.asarray(x))
+        closed = jax.make_jaxpr(traced)(jnp.asarray(x))
+        # Finite differences evaluate many points side by side with jax.vmap; a
+        # loss that JAX traces but cannot batch (a `pure_callback` without a
+        # `vmap_method`) is evaluated point by point on the host instead.
+        try:
+            jax.eval_shape(jax.vmap(traced), jnp.asarray(x)[None])
+        except Exception as error:
+            raise _NotBatchable(
+                f"traceable by JAX but not batchable by jax.vmap ({_first_line(error)})"
+            ) from error
     except Exception as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        if isinstance(error, _NotBatchable):
+            reason = str(error)
+        else:
+            reason = f"not traceable by JAX ({_first_line(error)})"
         return LossTrace(
             False,
             reason,
             np.dtype(x.dtype),
             (),
-            "evaluated on the host, one point at a time (the loss is not traceable)",
+            f"evaluated on the host, one point at a time (the loss is {reason})",
         )
     # A non-float output is refused when the loss is evaluated; until then it
     # says nothing about precision.
@@ -194,6 +212,15 @@ def draws_random(jaxpr: Any) -> bool:
         or any(draws_random(sub) for sub in jaxprs_in_params(eqn.params))
         for eqn in jaxpr.eqns
     )
+
+
+class _NotBatchable(Exception):
+    """The loss traces, but jax.vmap cannot batch it."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {text}"
 
 
 _SPECIAL_RULES = ("stop_gradient", "custom_vjp_call", "custom_jvp_call")

@@ -378,11 +378,17 @@ def _render_summary(report: Report) -> str:
                     if not r.ok
                 )
                 lines.append(f"    {counts}.")
+                if math.isfinite(element.abs_error):
+                    measure = (
+                        f"|diff| {_number(element.abs_error)} (relative"
+                        f" {_number(element.rel_error)}) against a tolerance of"
+                        f" {_number(element.tolerance)}"
+                    )
+                else:
+                    measure = "a value is not finite, which no tolerance allows"
                 lines.append(
                     f"    Worst ({pair}) {element.location()}:"
-                    f" {element.values_text()}; |diff| {_number(element.abs_error)}"
-                    f" (relative {_number(element.rel_error)}) against a tolerance"
-                    f" of {_number(element.tolerance)}."
+                    f" {element.values_text()}; {measure}."
                 )
     for finding in report.findings:
         lines.append(f"Note: {finding}")

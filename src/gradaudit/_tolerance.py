@@ -22,6 +22,9 @@ Two estimates `a` and `b` of the same derivative, with `b` the more trusted one
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +35,14 @@ from ._errors import InvalidInputError
 # 1e-6 in float64 and 1e-3 in float32), and well above what rounding does to a
 # well-conditioned element; ill-conditioned elements are covered by `noise`.
 _DEFAULT_RTOL = {"float64": 1e-8, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
+
+
+def is_non_negative_number(value: Any) -> bool:
+    """A finite real number >= 0; booleans and strings are not numbers here."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    number = float(value)
+    return math.isfinite(number) and number >= 0
 
 
 def default_rtol(dtype: np.dtype | str) -> float:
@@ -59,16 +70,15 @@ class Tolerance:
     noise_ulps: float = 8.0
 
     def __post_init__(self) -> None:
-        for name in ("atol", "floor_fraction", "noise_ulps"):
+        for name in ("rtol", "atol", "floor_fraction", "noise_ulps"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
+            if name == "rtol" and value is None:
+                continue
+            if not is_non_negative_number(value):
+                allowed = " or None" if name == "rtol" else ""
                 raise InvalidInputError(
-                    f"`{name}` must be a finite number >= 0, got {value}."
+                    f"`{name}` must be a finite number >= 0{allowed}, got {value!r}."
                 )
-        if self.rtol is not None and not (np.isfinite(self.rtol) and self.rtol >= 0):
-            raise InvalidInputError(
-                f"`rtol` must be a finite number >= 0, got {self.rtol}."
-            )
 
     def rtol_for(self, *dtypes: np.dtype | str) -> float:
         if self.rtol is not None:

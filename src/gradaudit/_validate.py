@@ -153,6 +153,9 @@ def validate_gradient_tree(gradient: Any, layout: LeafLayout) -> list[np.ndarray
                 )
         if extra:
             details.append(f"these paths are not in `params`: {format_paths(extra)}")
+        container = _container_difference(gradient, layout.treedef)
+        if container:
+            details.append(container)
         raise StructureMismatchError(
             _TREE_MISMATCH.format(details="; ".join(details)),
             missing=missing,
@@ -196,6 +199,41 @@ def validate_gradient_tree(gradient: Any, layout: LeafLayout) -> list[np.ndarray
             shape_mismatches=tuple(wrong_shapes),
         )
     return leaves
+
+
+def _container_difference(gradient: Any, expected: Any) -> str:
+    """The first container whose type differs between two trees, in words."""
+
+    def walk(got: Any, wanted: Any) -> str:
+        got_type, wanted_type = _node_type(got), _node_type(wanted)
+        if got_type is not wanted_type:
+            return (
+                f"it returns a {_type_name(got_type)} where `params` has a"
+                f" {_type_name(wanted_type)}"
+            )
+        got_children, wanted_children = got.children(), wanted.children()
+        if len(got_children) != len(wanted_children):
+            return ""
+        for got_child, wanted_child in zip(got_children, wanted_children, strict=True):
+            found = walk(got_child, wanted_child)
+            if found:
+                return found
+        return ""
+
+    return walk(jax.tree_util.tree_structure(gradient), expected)
+
+
+def _node_type(treedef: Any) -> type | None:
+    data = treedef.node_data()
+    return None if data is None else data[0]
+
+
+def _type_name(node: type | None) -> str:
+    if node is None:
+        return "leaf"
+    if issubclass(node, tuple) and hasattr(node, "_fields"):
+        return f"NamedTuple {node.__name__}"
+    return node.__name__
 
 
 def check_loss_value(value: Any, where: str) -> float:
