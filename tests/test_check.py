@@ -221,6 +221,39 @@ def test_separate_kinks_bending_opposite_ways_allow_either_slope_at_each():
     assert not gradaudit.check(loss, b, c, grad=routed_everywhere).ok
 
 
+def test_a_valid_slope_is_not_blamed_where_jax_grad_splits_a_tie_in_half():
+    # jnp.maximum at a tie gives half the gradient to each side; through a
+    # recurrence that lands outside the one-sided slopes of the loss. The
+    # hand-written left slope is valid and must not fail.
+    def loss(p):
+        h1 = jnp.maximum(p["b"], 0.0)
+        h2 = jnp.maximum(p["w"] * h1 + p["b"], 0.0)
+        return h2 + 0.5 * p["w"] ** 2
+
+    def grad(p):
+        b, w = float(p["b"]), float(p["w"])
+        h1 = max(b, 0.0)
+        d2 = float(w * h1 + b > 0)
+        d1 = d2 * w * (b > 0)
+        return {"b": np.asarray(d2 + d1), "w": np.asarray(d2 * h1 + w)}
+
+    params = {"b": np.array(0.0), "w": np.array(-0.9)}
+    report = gradaudit.check(loss, params, grad=grad)
+    assert report.ok, report.summary()
+    (kink,) = report.leaf("['b']").kinks
+    assert "not a valid choice" in kink.autodiff_choice
+    assert kink.manual_choice == "the left slope"
+    assert any("split the gradient in half" in f for f in report.findings)
+
+    def invalid(p):
+        return {**grad(p), "b": np.asarray(0.5)}
+
+    assert report.leaf("['b']").verdict == "agree"
+    assert gradaudit.check(loss, params, grad=invalid).leaf("['b']").verdict == (
+        "manual_kink"
+    )
+
+
 def test_a_dropout_loss_with_a_key_is_differentiated_as_the_session_draws(rng):
     # With x64 on, jax.random draws another mask from the same key, so the
     # reference must run with x64 off, as the user's session does.

@@ -62,7 +62,13 @@ def test_the_border_of_the_spatial_axes_is_a_border_region(rng):
     report = gradaudit.check(loss, x0, grad=grad)
     diagnosis = report.leaves[0].diagnosis
     assert diagnosis.kind == "region"
-    assert diagnosis.detail == {"region": "border", "width": 1}
+    assert diagnosis.detail == {
+        "region": "border",
+        "width": 1,
+        "axes": [0, 1],
+        # Row 0 and the last column reach every edge of the leaf.
+        "sides": ["axis 0 start", "axis 0 end", "axis 1 start", "axis 1 end"],
+    }
 
 
 def test_two_patterns_at_once_are_no_simple_pattern(problem):
@@ -204,3 +210,46 @@ def test_two_swapped_leaves_are_named_as_swapped_in_either_dtype(rng, dtype):
         diagnosis = report.leaf(path).diagnosis
         assert diagnosis.kind == "swap", report.summary()
         assert diagnosis.detail == {"other": other, "mutual": True}
+
+
+@pytest.mark.parametrize(
+    ("shape", "edges", "axes"),
+    [
+        ((2, 5, 6, 3), "nhwc", [1, 2]),  # JAX's default layout for images
+        ((2, 7, 3), "nlc", [1]),  # a sequence, channels last
+        ((2, 3, 7), "ncl", [2]),  # a sequence, channels first
+    ],
+)
+def test_a_border_is_found_on_whichever_axes_are_spatial(rng, shape, edges, axes):
+    x0 = rng.normal(size=shape)
+
+    def grad(x):
+        g = np.sin(x) + x * np.cos(x)
+        edge = [slice(None)] * len(shape)
+        for axis in axes:
+            for end in (0, -1):
+                edge[axis] = end
+                g[tuple(edge)] *= 0.5
+            edge[axis] = slice(None)
+        return g
+
+    report = gradaudit.check(lambda x: jnp.sum(jnp.sin(x) * x), x0, grad=grad)
+    diagnosis = report.leaves[0].diagnosis
+    assert diagnosis.kind == "region", edges
+    assert diagnosis.detail["region"] == "border"
+    assert diagnosis.detail["axes"] == axes
+    assert diagnosis.detail["width"] == 1
+
+
+def test_a_strip_at_one_end_of_an_axis_is_named_with_its_width(rng):
+    x0 = rng.normal(size=(2, 3, 9))
+
+    def grad(x):
+        g = np.sin(x) + x * np.cos(x)
+        g[..., :2] = 0.0  # a causal convolution's left padding, mishandled
+        return g
+
+    report = gradaudit.check(lambda x: jnp.sum(jnp.sin(x) * x), x0, grad=grad)
+    diagnosis = report.leaves[0].diagnosis
+    assert diagnosis.summary.startswith("wrong only in the first 2 positions along")
+    assert diagnosis.detail["sides"] == ["axis 2 start"]

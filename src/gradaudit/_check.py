@@ -700,6 +700,20 @@ def _findings(
             " cancel); finite-difference steps and error estimates allow for it."
         )
     kinks = sum(len(leaf.kinks) for leaf in leaves)
+    odd = sum(
+        "not a valid" in note.autodiff_choice
+        and "not a valid" not in note.manual_choice
+        for leaf in leaves
+        for note in leaf.kinks
+        if note.manual is not None
+    )
+    if odd:
+        findings.append(
+            f"At {odd} kink(s) jax.grad's value is not a one-sided slope of the loss"
+            " (JAX's convention at ties: `jnp.maximum` and `jnp.minimum` split the"
+            " gradient in half), while the hand-written value is one, so the"
+            " difference is not counted against it."
+        )
     if kinks:
         findings.append(
             f"The loss has a kink within the finite-difference stencil of {kinks}"

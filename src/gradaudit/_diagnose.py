@@ -28,6 +28,9 @@ from ._report import Diagnosis, LeafReport
 _SLACK = 4.0
 # A region is only named when this share of the leaf's elements was judged.
 _REGION_COVERAGE = 0.9
+# A difference this many times the estimated rounding is called "not rounding";
+# a smaller one only "unlikely" to be.
+_CLEARLY_NOT_ROUNDING = 10.0
 # A border is named only when the wrong elements fill this share of its band.
 _BORDER_FILL = 0.5
 # Factors are recognised as simple fractions with denominators up to this.
@@ -107,49 +110,66 @@ def _shared_factor(
     facts: Sequence[LeafFacts],
     diagnoses: Sequence[Diagnosis | None],
 ) -> dict[int, Diagnosis]:
-    """One factor common to leaves too small to show a factor on their own.
+    """One factor common to several leaves, named on the leaves too small to show
+    it alone.
 
     A factor fitted to a single element explains it trivially, so a leaf with one
-    informative element gets no `scale` diagnosis by itself. Several such leaves
-    sharing exactly one factor is evidence, though: a factor applied to the whole
-    backward pass, such as the loss's own derivative left out.
+    informative element gets no `scale` diagnosis by itself. The same factor
+    found on other leaves is evidence, though: a factor applied to a whole part
+    of the backward pass, or to all of it (the loss's own derivative left out).
     """
-    candidates: dict[int, float] = {}
-    informative = 0
+    factors: dict[int, float] = {}
+    informative: dict[int, int] = {}
     for number, (leaf, fact, diagnosis) in enumerate(
         zip(leaves, facts, diagnoses, strict=True)
     ):
-        if diagnosis is None or diagnosis.kind not in ("no_pattern", "region"):
+        if diagnosis is None or leaf.verdict not in _MANUAL_VERDICTS:
             continue
-        if leaf.verdict not in _MANUAL_VERDICTS or not _complete(fact):
+        if not _complete(fact):
             continue
         fit = _Fit(fact)
-        factor = fit.factor()
-        if factor is not None and fit.explains(factor * fit.reference, factor):
-            candidates[number] = factor
-            informative += fit.informative
-    factors = list(candidates.values())
-    if len(factors) < 2 or informative < 2:
+        if diagnosis.kind in ("scale", "sign"):
+            factors[number] = float(diagnosis.detail["factor"])
+        elif diagnosis.kind in ("no_pattern", "region"):
+            factor = fit.factor()
+            if factor is None or not fit.explains(factor * fit.reference, factor):
+                continue
+            factors[number] = factor
+        else:
+            continue
+        informative[number] = fit.informative
+    groups = [
+        [n for n, other in factors.items() if _close(other, factor, 1e-6)]
+        for factor in factors.values()
+    ]
+    members = max(groups, key=len, default=[])
+    if len(members) < 2 or sum(informative[n] for n in members) < 2:
         return {}
-    if not all(_close(factor, factors[0], 1e-6) for factor in factors):
-        return {}
-    factor = factors[0]
-    paths = ", ".join(leaves[number].path for number in candidates)
-    summary = f"scaled by {_factor_text(factor)}, the same factor on {paths}"
-    if len(candidates) == len(leaves):
+    factor = factors[members[0]]
+    paths = ", ".join(leaves[number].path for number in members)
+    if _close(factor, -1.0):
+        summary = "the sign is flipped"
+    else:
+        summary = f"scaled by {_factor_text(factor)}"
+    summary += f", the same factor on {paths}"
+    if len(members) == len(leaves):
         summary += (
             ": a factor of the whole backward pass (the loss's own derivative left"
             " out, as when differencing the output instead of the loss?)"
         )
+    shared = Diagnosis(
+        "sign" if _close(factor, -1.0) else "scale",
+        summary,
+        f"Each of {paths} equals {_factor_text(factor)} times the reference on"
+        " every judged element.",
+        {"factor": factor, "leaves": [leaves[number].path for number in members]},
+    )
+    # A leaf that shows the factor alone keeps its own diagnosis, which may name
+    # what the factor means (a size in the data, the 1/2 of a squared loss).
     return {
-        number: Diagnosis(
-            "scale",
-            summary,
-            f"Each of {paths} equals {_factor_text(factor)} times the reference on"
-            " every judged element.",
-            {"factor": factor, "leaves": list(paths.split(", "))},
-        )
-        for number in candidates
+        number: shared
+        for number in members
+        if getattr(diagnoses[number], "kind", None) in ("no_pattern", "region")
     }
 
 
@@ -467,45 +487,90 @@ def _slice_diagnosis(
 def _border(
     shape: tuple[int, ...], bad_indices: np.ndarray, bad: np.ndarray, what: str
 ) -> Diagnosis | None:
-    if len(shape) < 2:
+    """Name a mismatch confined to the edges of some axes: a padding mistake.
+
+    The spatial axes are not known from the leaf (NCHW, NHWC, a sequence's length
+    axis), so each axis and each pair of axes is tried, and the tightest band that
+    the wrong elements fill is named.
+    """
+    best: tuple[int, tuple[int, ...], int, list[str]] | None = None
+    for axes in _border_axes(shape):
+        found = _border_band(shape, axes, bad_indices, bad)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found
+    if best is None:
         return None
-    spatial = shape[-2:]
-    rows, cols = bad_indices[:, -2], bad_indices[:, -1]
-    depth = np.minimum(
-        np.minimum(rows, spatial[0] - 1 - rows), np.minimum(cols, spatial[1] - 1 - cols)
-    )
-    width = int(depth.max()) + 1
-    if 2 * width >= min(spatial):
-        return None
-    sides = {
-        "top": bool(np.any(rows < width)),
-        "bottom": bool(np.any(rows >= spatial[0] - width)),
-        "left": bool(np.any(cols < width)),
-        "right": bool(np.any(cols >= spatial[1] - width)),
-    }
-    if sum(sides.values()) < 2:
-        return None
-    # A few scattered elements near the edges of a large leaf are no border: the
-    # wrong elements must fill most of the band they lie in.
-    grid = np.indices(shape)
-    band = (
-        np.minimum(
-            np.minimum(grid[-2], spatial[0] - 1 - grid[-2]),
-            np.minimum(grid[-1], spatial[1] - 1 - grid[-1]),
+    _, axes, width, sides = best
+    if len(axes) == 1 and len(sides) == 1:
+        place = "first" if sides[0].endswith("start") else "last"
+        summary = f"wrong only in the {place} {width} positions along axis {axes[0]}"
+    else:
+        summary = (
+            f"wrong only on a border {width} element(s) wide over"
+            f" {_axes_text(axes, len(shape))} (a convolution's padding?)"
         )
-        < width
-    )
-    if bad.reshape(shape).sum() < _BORDER_FILL * band.sum():
-        return None
     return Diagnosis(
         "region",
-        f"wrong only on a border {width} element(s) wide over the last two axes"
-        f" (a convolution's padding?){what}",
+        summary + what,
         f"All {len(bad_indices)} disagreeing elements lie within {width} of an edge"
-        f" ({', '.join(side for side, hit in sides.items() if hit)}); the interior"
-        " agrees.",
-        {"region": "border", "width": width},
+        f" ({', '.join(sides)}); the interior agrees.",
+        {"region": "border", "width": width, "axes": list(axes), "sides": sides},
     )
+
+
+def _border_axes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Single axes and pairs of axes long enough to have an interior."""
+    long = [axis for axis, size in enumerate(shape) if size >= 3]
+    pairs = [(a, b) for i, a in enumerate(long) for b in long[i + 1 :]]
+    singles: list[tuple[int, ...]] = [(axis,) for axis in long]
+    return singles + pairs
+
+
+def _border_band(
+    shape: tuple[int, ...],
+    axes: tuple[int, ...],
+    bad_indices: np.ndarray,
+    bad: np.ndarray,
+) -> tuple[int, tuple[int, ...], int, list[str]] | None:
+    """The band along `axes` that holds every wrong element, if they fill it.
+
+    Returns the band's size, the axes, its width and the edges it touches.
+    """
+    grid = np.indices(shape)
+    edges = [
+        (f"axis {axis} {side}", axis, side)
+        for axis in axes
+        for side in ("start", "end")
+    ]
+
+    def distance(index: np.ndarray, axis: int, side: str) -> np.ndarray:
+        return index[axis] if side == "start" else shape[axis] - 1 - index[axis]
+
+    depth = np.min([distance(bad_indices.T, a, s) for _, a, s in edges], axis=0)
+    width = int(depth.max()) + 1
+    if 2 * width >= min(shape[axis] for axis in axes):
+        return None
+    hit = [
+        (name, a, s)
+        for name, a, s in edges
+        if np.any(distance(bad_indices.T, a, s) < width)
+    ]
+    band = np.zeros(shape, bool)
+    for _, a, s in hit:
+        band |= distance(grid, a, s) < width
+    # A few scattered elements near the edges of a large leaf are no border: the
+    # wrong elements must fill most of the band they lie in.
+    if bad.reshape(shape).sum() < _BORDER_FILL * band.sum():
+        return None
+    return int(band.sum()), axes, width, [name for name, _, _ in hit]
+
+
+def _axes_text(axes: tuple[int, ...], rank: int) -> str:
+    if axes == (rank - 2, rank - 1):
+        return "the last two axes"
+    if len(axes) == 1:
+        return f"axis {axes[0]}"
+    return f"axes {axes[0]} and {axes[1]}"
 
 
 def _region_contents(fit: _Fit, bad: np.ndarray) -> str:
@@ -552,8 +617,13 @@ def _with_noise_note(diagnosis: Diagnosis, facts: LeafFacts) -> Diagnosis:
     note = (
         f" The {facts.manual_dtype} rounding of the hand-written gradient is"
         f" estimated at up to {_fmt(noise)} here, against a difference of"
-        f" {_fmt(difference)} ({_fmt(difference / noise)} times larger), so this is"
-        " not rounding."
+        f" {_fmt(difference)} ({_fmt(difference / noise)} times larger), so"
+        + (
+            " this is not rounding."
+            if difference >= _CLEARLY_NOT_ROUNDING * noise
+            else " rounding alone is unlikely to explain it, though the margin is"
+            " small."
+        )
     )
     return dataclasses.replace(diagnosis, evidence=diagnosis.evidence + note)
 
