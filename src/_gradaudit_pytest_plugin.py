@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import inspect
 import json
 import math
+import os
 import pickle
+import shlex
+import types
 import zlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,14 +57,22 @@ MARKER_POSITIONAL_MSG = (
     " `@pytest.mark.gradaudit(rtol=1e-6)`; {test} passes positional argument(s)"
     " {args}."
 )
-MARKER_UNKNOWN_MSG = (
-    "`@pytest.mark.gradaudit` on {test} has unknown option(s) {unknown}. It takes"
-    " the keyword options of `gradaudit.check`: {allowed}."
-)
 INI_VALUE_MSG = "The ini option `{name}` is invalid: {problem}"
 REPORT_DIRECTORY_MSG = (
     "`--gradaudit-report` names a directory, {path}; give a file path ending in"
     " .json or .html."
+)
+REPORT_PARENT_MSG = (
+    "`--gradaudit-report` {path}: cannot make its directory: {reason}. Give a file"
+    " path in a directory that exists or can be made."
+)
+REPORT_UNWRITABLE_MSG = (
+    "`--gradaudit-report` {path}: {what} is not writable. Give a file path in a"
+    " directory you can write to."
+)
+REPORT_WRITE_MSG = (
+    "gradaudit: error: could not write the `--gradaudit-report` file {path}:"
+    " {reason}. Give a path you can write to."
 )
 
 
@@ -189,7 +199,7 @@ class _Settings:
         flags += [
             f"--gradaudit-{name}={value}" for name, value in self.defaults.items()
         ]
-        return " ".join(flags)
+        return " ".join(map(shlex.quote, flags))
 
     @property
     def wants_html(self) -> bool:
@@ -364,9 +374,55 @@ def _read_settings(config: pytest.Config) -> _Settings:
     given = config.getoption("gradaudit_report")
     if given:
         report_path = Path(config.invocation_params.dir, given)
-        if report_path.is_dir():
-            raise pytest.UsageError(REPORT_DIRECTORY_MSG.format(path=report_path))
+        _prepare_report_path(report_path)
     return _Settings(values.pop("seed", 0), values, report_path)
+
+
+def _prepare_report_path(path: Path) -> None:
+    """Make the report file's directory, and refuse a path it cannot be written to.
+
+    This runs when the session starts, so that a mistyped path stops the session
+    before its tests rather than losing their results at the end.
+
+    Raises:
+        pytest.UsageError: the path is a directory, its directory cannot be made,
+            or the file or its directory is not writable.
+    """
+    if path.is_dir():
+        raise pytest.UsageError(REPORT_DIRECTORY_MSG.format(path=path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = _blocking_file(path) or _reason(error)
+        raise pytest.UsageError(
+            REPORT_PARENT_MSG.format(path=path, reason=reason)
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        what = "the file"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        what = f"its directory {path.parent}"
+    else:
+        return
+    raise pytest.UsageError(REPORT_UNWRITABLE_MSG.format(path=path, what=what))
+
+
+def _blocking_file(path: Path) -> str | None:
+    """Which part of `path`'s directory is a file, in words, or None if none is.
+
+    `mkdir` reports such a file as "File exists" or "Not a directory", which does
+    not say which part of the path is at fault.
+    """
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return None
+    return f"{existing} is a file, not a directory"
+
+
+def _reason(error: OSError) -> str:
+    """What went wrong, as the system words it: "Not a directory", say."""
+    return error.strerror or str(error)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -408,7 +464,11 @@ def _failure_section(check: _Check, settings: _Settings) -> tuple[str, str]:
     """The title and text of the report section that shows a failing check."""
     title = f"gradaudit: per-leaf table of check {check.index + 1} (seed {check.seed})"
     table = check.report_object().table()
-    replay = f"Replay this check with: pytest '{check.nodeid}' {settings.replay_flags}"
+    # Quoted for a POSIX shell: a parametrized test's id may hold quotes or `$`.
+    replay = (
+        f"Replay this check with: pytest {shlex.quote(check.nodeid)}"
+        f" {settings.replay_flags}"
+    )
     return title, f"{table}\n\n{replay}"
 
 
@@ -418,6 +478,8 @@ class _Controller:
     def __init__(self, state: _State) -> None:
         self.state = state
         self.written: Path | None = None
+        # Why the report file could not be written, for the terminal summary.
+        self.write_error: str | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -433,7 +495,13 @@ class _Controller:
         report.user_properties[:] = kept
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Write the `--gradaudit-report` file, if one was asked for."""
+        """Write the `--gradaudit-report` file, if one was asked for.
+
+        The path was checked when the session started, but the disk can still fill
+        up or the directory vanish. Then the summary says so in one line, and a
+        session whose tests all passed exits with a usage error rather than 0, since
+        the file it was asked for is missing.
+        """
         path = self.state.settings.report_path
         if path is None:
             return
@@ -441,16 +509,26 @@ class _Controller:
             text = _render_html(self.state)
         else:
             text = _render_json(self.state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as error:
+            reason = _blocking_file(path) or _reason(error)
+            self.write_error = REPORT_WRITE_MSG.format(path=path, reason=reason)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            return
         self.written = path
 
     def pytest_terminal_summary(
         self, terminalreporter: pytest.TerminalReporter
     ) -> None:
-        """List every check with its verdict and worst leaf, if any check ran."""
+        """List every check with its verdict and worst leaf, if any check ran.
+
+        Then say why the report file could not be written, if it could not.
+        """
         checks = self.state.checks
-        if not checks:
+        if not checks and self.write_error is None:
             return
         terminalreporter.section("gradaudit")
         for check in checks:
@@ -459,11 +537,14 @@ class _Controller:
                 f"{verdict:<8}  {check.label}  seed {check.seed}  {check.worst}",
                 red=not check.ok,
             )
-        failed = sum(not check.ok for check in checks)
-        line = f"{len(checks)} check(s), {failed} mismatch(es)."
-        if self.written is not None:
-            line += f" Wrote them to {self.written}."
-        terminalreporter.line(line)
+        if checks:
+            failed = sum(not check.ok for check in checks)
+            line = f"{len(checks)} check(s), {failed} mismatch(es)."
+            if self.written is not None:
+                line += f" Wrote them to {self.written}."
+            terminalreporter.line(line)
+        if self.write_error is not None:
+            terminalreporter.line(self.write_error, red=True)
 
 
 def _render_json(state: _State) -> str:
@@ -539,13 +620,25 @@ class GradCheck:
         Raises:
             GradientMismatchError: (an `AssertionError`) whose message is the
                 report's summary; pytest shows the per-leaf table as a section.
+            GradauditError: any other error of `gradaudit.check`, such as a
+                `StructureMismatchError` or an invalid option, raised from here so
+                that the test fails at its own line.
         """
         __tracebackhide__ = True
         import gradaudit
 
-        report = gradaudit.check(
-            loss, params, *args, grad=grad, **{**self.options, **options}
-        )
+        try:
+            report = gradaudit.check(
+                loss, params, *args, grad=grad, **{**self.options, **options}
+            )
+        except gradaudit.GradauditError as error:
+            # An input error is about the user's arguments, so gradaudit's own
+            # frames (pages of its source in pytest's long tracebacks) would only
+            # hide the message; raised afresh here, it points at the test's line.
+            # The user's own exception, chained to it, keeps its frames.
+            _keep_user_frames(_chained(error))
+            error.__traceback__ = None
+            raise error
         checks = self._item.stash.setdefault(_ITEM_CHECKS, [])
         check = _Check(
             self._item.nodeid,
@@ -579,15 +672,62 @@ def gradcheck(request: pytest.FixtureRequest) -> GradCheck:
     return GradCheck(item, state, options)
 
 
+def _chained(error: BaseException) -> BaseException | None:
+    """The exception pytest shows above `error`: its cause, or else its context."""
+    if error.__cause__ is not None or error.__suppress_context__:
+        return error.__cause__
+    return error.__context__
+
+
+def _keep_user_frames(error: BaseException | None) -> None:
+    """Drop gradaudit's and JAX's frames from the traceback of the user's exception.
+
+    gradaudit chains an exception raised in the user's loss or gradient to its own
+    error as the cause, and pytest shows that cause with its whole traceback: the
+    user's few frames amid pages of gradaudit's and JAX's source. With no frame of
+    the user's (a loss called with the wrong number of arguments fails before it
+    runs), only the exception itself is left to show.
+    """
+    if error is None:
+        return
+    from gradaudit._target import internal_directories
+
+    internal = internal_directories()
+    kept = []
+    entry = error.__traceback__
+    while entry is not None:
+        filename = entry.tb_frame.f_code.co_filename
+        if not filename.startswith(internal) and not filename.startswith("<frozen "):
+            kept.append(entry)
+        entry = entry.tb_next
+    rebuilt = None
+    for entry in reversed(kept):
+        rebuilt = types.TracebackType(
+            rebuilt, entry.tb_frame, entry.tb_lasti, entry.tb_lineno
+        )
+    error.__traceback__ = rebuilt
+
+
+def _unknown_options(options: Mapping[str, Any], where: str) -> str | None:
+    """Why some of `options` are not options of `gradaudit.check`, or None.
+
+    The message is `gradaudit.Target`'s, with its "did you mean" hint. It is
+    returned rather than raised so that the test fails outside an `except`, and
+    pytest does not show it twice, as the failure and as the error it happened in.
+    """
+    from gradaudit import InvalidTypeError
+    from gradaudit._target import check_option_names
+
+    try:
+        check_option_names(options, where)
+    except InvalidTypeError as error:
+        return str(error)
+    return None
+
+
 def _marker_options(item: pytest.Item) -> dict[str, Any]:
     """The options of the test's `gradaudit` markers; the closest marker wins."""
-    import gradaudit
-
-    allowed = [
-        name
-        for name, parameter in inspect.signature(gradaudit.check).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "grad"
-    ]
+    where = f"`@pytest.mark.gradaudit` on {item.nodeid}"
     options: dict[str, Any] = {}
     # `iter_markers` yields the closest first (function, class, module).
     for marker in reversed(list(item.iter_markers(name="gradaudit"))):
@@ -598,16 +738,9 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
                 ),
                 pytrace=False,
             )
-        unknown = sorted(set(marker.kwargs) - set(allowed))
-        if unknown:
-            pytest.fail(
-                MARKER_UNKNOWN_MSG.format(
-                    test=item.nodeid,
-                    unknown=", ".join(unknown),
-                    allowed=", ".join(allowed),
-                ),
-                pytrace=False,
-            )
+        unknown = _unknown_options(marker.kwargs, where)
+        if unknown is not None:
+            pytest.fail(unknown, pytrace=False)
         options.update(marker.kwargs)
     return options
 

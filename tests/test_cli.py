@@ -340,6 +340,7 @@ def test_progress_line_shows_on_a_terminal_and_is_erased(
 ) -> None:
     write(tmp_path, "checks.py", CORRECT)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TERM", "xterm")
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
 
@@ -348,6 +349,21 @@ def test_progress_line_shows_on_a_terminal_and_is_erased(
     written = terminal.getvalue()
     assert "\r\x1b[Kgradaudit: [1/1] checks.py::dense  0.0s" in written
     assert written.endswith("\r\x1b[K")
+
+
+def test_progress_line_is_off_on_a_dumb_terminal(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, "checks.py", CORRECT)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TERM", "dumb")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    assert cli("check", "checks.py", "-q").status == 0
+
+    # A dumb terminal would print the escape codes as they are.
+    assert terminal.getvalue() == ""
 
 
 def test_progress_line_is_silent_off_a_terminal() -> None:
@@ -388,6 +404,19 @@ def test_no_command_prints_help_and_exits_2(cli: Any) -> None:
 BAD_TARGETS = {
     "missing file": ("missing.py", "missing.py: no such file. Pass the path"),
     "directory": ("{dir}/sub/", "sub/: is a directory. Pass a Python file in it"),
+    "not a python file": (
+        "notes.txt",
+        "notes.txt: is a file, but not a Python file: its name does not end in .py.",
+    ),
+    "path of a non-python file": (
+        "{dir}/notes.txt",
+        "/notes.txt: is a file, but not a Python file: its name does not end in .py.",
+    ),
+    "empty file part": (
+        "::dense",
+        "::dense: the file part before `::` is empty. Write FILE::NAME,",
+    ),
+    "empty target": ("", "An empty TARGET names no file or module."),
     "neither": ("not a target", "is neither a Python file nor a module name."),
     "missing module": (
         "gradaudit_no_such_module.checks",
@@ -405,9 +434,11 @@ BAD_TARGETS = {
 
 @pytest.mark.parametrize("case", BAD_TARGETS, ids=list(BAD_TARGETS))
 def test_a_target_that_cannot_be_loaded_exits_2_and_says_why(
-    cli: Any, tmp_path: Path, case: str
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
+    write(tmp_path, "notes.txt", "dense = 1\n")
     files = {
         "dir": str(tmp_path),
         "checks": write(tmp_path, "checks.py", "import gradaudit\ndense = 1\n"),
@@ -621,15 +652,63 @@ def test_an_invalid_option_exits_2_quoting_it(
     assert message in run.err
 
 
-def test_an_output_path_that_is_a_directory_exits_2_before_running(
-    cli: Any, tmp_path: Path
+OUTPUT_PATHS = {
+    "directory": ("{dir}", "{dir}: is a directory; pass the path of a file."),
+    "under a file": (
+        "{dir}/taken/new/out.html",
+        "{dir}/taken/new/out.html: {dir}/taken is a file, not a directory, so the"
+        " file cannot be written there; pass a path in a directory.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_PATHS, ids=list(OUTPUT_PATHS))
+def test_an_unusable_output_path_exits_2_before_running(
+    cli: Any, tmp_path: Path, case: str
 ) -> None:
     path = write(tmp_path, "checks.py", "raise AssertionError('not imported')\n")
+    write(tmp_path, "taken", "")
+    output, message = (text.format(dir=tmp_path) for text in OUTPUT_PATHS[case])
 
-    run = cli("check", path, "--html", str(tmp_path))
+    run = cli("check", path, "--html", output)
 
     assert run.status == 2
-    assert f"--html {tmp_path}: is a directory; pass the path of a file." in run.err
+    assert run.out == ""
+    assert " ".join(run.err.split()) == f"gradaudit check: error: --html {message}"
+
+
+def test_demo_writes_json_in_a_new_directory(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradaudit import _examples
+
+    # One example is enough to show where the file goes, and much quicker.
+    every = _examples.examples
+    monkeypatch.setattr(_examples, "examples", lambda: every()[:1])
+    path = tmp_path / "new" / "demo.json"
+
+    run = cli("demo", "--json", str(path))
+
+    assert run.status == 0, run.err
+    assert list(json.loads(path.read_text(encoding="utf-8"))) == ["classic"]
+    assert f"Wrote 1 reports to {path}." in run.out
+
+
+def test_demo_refuses_an_unusable_json_path_before_running(
+    cli: Any, tmp_path: Path
+) -> None:
+    write(tmp_path, "taken", "")
+    path = tmp_path / "taken" / "demo.json"
+
+    run = cli("demo", "--json", str(path))
+
+    assert run.status == 2
+    assert run.out == ""  # no example ran
+    assert " ".join(run.err.split()) == (
+        f"gradaudit demo: error: --json {path}: {tmp_path / 'taken'} is a file, not"
+        " a directory, so the file cannot be written there; pass a path in a"
+        " directory."
+    )
 
 
 # -- the installed command ------------------------------------------------------------

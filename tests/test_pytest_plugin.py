@@ -9,6 +9,7 @@ import JAX, and one with xdist workers) run as subprocesses.
 from __future__ import annotations
 
 import json
+import shlex
 import zlib
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ def test_a_wrong_gradient_fails_at_the_users_line_with_its_table(
             "leaf*pair*verdict*compared*bad*unreliable*max abs*max rel",
             "<root>*manual-autodiff*MISMATCH*3*3*",
             "<root>*autodiff-fd*ok*",
-            "Replay this check with: pytest 'test_wrong.py::test_wrong'"
+            "Replay this check with: pytest test_wrong.py::test_wrong"
             " --gradaudit-seed=0",
             "*= gradaudit =*",
             f"MISMATCH  test_wrong.py::test_wrong  seed {seed}  worst leaf <root>"
@@ -164,6 +165,103 @@ def test_a_wrong_gradient_fails_at_the_users_line_with_its_table(
     )
     # The plugin's own frames are hidden: the traceback ends at the user's line.
     result.stdout.no_fnmatch_line("*_gradaudit_pytest_plugin.py*")
+
+
+def test_the_replay_line_quotes_a_test_id_for_the_shell(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_quoted="""
+        import pytest
+        from gradients import W, loss, wrong
+
+        @pytest.mark.parametrize("scale", [1.0], ids=["it's $HOME"])
+        def test_wrong(gradcheck, scale):
+            gradcheck(loss, scale * W, grad=wrong)
+        """
+    )
+    result = suite.runpytest("--gradaudit-rtol=1e-6")
+    result.assert_outcomes(failed=1)
+    [line] = [
+        line for line in result.stdout.lines if line.startswith("Replay this check")
+    ]
+    assert line == (
+        "Replay this check with: pytest 'test_quoted.py::test_wrong[it'\"'\"'s $HOME]'"
+        " --gradaudit-seed=0 --gradaudit-rtol=1e-06"
+    )
+    # A shell splits it back into the node id and the flags, unchanged.
+    assert shlex.split(line.partition(": ")[2]) == [
+        "pytest",
+        "test_quoted.py::test_wrong[it's $HOME]",
+        "--gradaudit-seed=0",
+        "--gradaudit-rtol=1e-06",
+    ]
+
+
+def test_an_input_error_fails_at_the_users_line_without_gradaudits_frames(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_inputs="""
+        import gradaudit
+        import pytest
+        from gradients import W, loss, right
+
+        def test_wrong_structure(gradcheck):
+            gradcheck(loss, W, grad=lambda w: {"w": w})
+
+        @pytest.mark.gradaudit(method="backward")
+        def test_invalid_marker_value(gradcheck):
+            gradcheck(loss, W, grad=right)
+
+        def broken_loss(w):
+            return lookup(w)
+
+        def lookup(w):
+            raise KeyError("bias")
+
+        def test_loss_raises(gradcheck):
+            gradcheck(broken_loss, W, grad=right)
+
+        def test_the_error_can_still_be_expected(gradcheck):
+            with pytest.raises(gradaudit.StructureMismatchError, match="structure"):
+                gradcheck(loss, W, grad=lambda w: {"w": w})
+        """
+    )
+    result = suite.runpytest()
+    result.assert_outcomes(failed=3, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            '>       gradcheck(loss, W, grad=lambda w: {"w": w})',
+            "E       gradaudit._errors.StructureMismatchError: The hand-written"
+            " gradient `grad(params, *args)` must return a pytree with the"
+            " structure of `params`*",
+            "test_inputs.py:6: StructureMismatchError",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            ">       gradcheck(loss, W, grad=right)",
+            "E       gradaudit._errors.InvalidInputError: `method` must be one of*",
+            "test_inputs.py:10: InvalidInputError",
+        ]
+    )
+    # The user's own exception stays visible, with the user's frames only.
+    result.stdout.fnmatch_lines(
+        [
+            ">       return lookup(w)",
+            "test_inputs.py:13: ",
+            '>       raise KeyError("bias")',
+            "E       KeyError: 'bias'",
+            "test_inputs.py:16: KeyError",
+            "The above exception was the direct cause of the following exception:",
+            ">       gradcheck(broken_loss, W, grad=right)",
+            "E       gradaudit._errors.SourceFailedError: The loss raised KeyError:*",
+            "test_inputs.py:19: SourceFailedError",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*gradaudit/_*.py*")
+    result.stdout.no_fnmatch_line("*jax/_src*")
 
 
 def test_options_merge_session_markers_and_call_in_that_order(
@@ -227,11 +325,13 @@ def test_marker_with_unknown_or_positional_options_errors(
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "*`@pytest.mark.gradaudit` on test_bad_marker.py::test_typo has unknown"
-            " option(s) rtoll. It takes the keyword options of `gradaudit.check`:"
-            " mode, method, rtol, atol, step, seed, *",
+            "`@pytest.mark.gradaudit` on test_bad_marker.py::test_typo got unknown"
+            " option(s) `rtoll`. Did you mean `rtol` for `rtoll`? The options of"
+            " `gradaudit.check` are mode, method, rtol, atol, step, seed, *",
         ]
     )
+    # Shown once, not again as the error it was raised while handling.
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
     result.stdout.fnmatch_lines(
         [
             "*`@pytest.mark.gradaudit` takes keyword options only, as in"
@@ -425,6 +525,77 @@ def test_bad_option_values_are_usage_errors(
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_a_report_path_under_a_file_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    (pytester.path / "results").write_text("", encoding="utf-8")
+
+    result = pytester.runpytest("--gradaudit-report=results/report.json")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: `--gradaudit-report` */results/report.json: cannot make its"
+            " directory: */results is a file, not a directory. Give a file path in"
+            " a directory that exists or can be made."
+        ]
+    )
+    result.stdout.no_fnmatch_line("*passed*")  # it stopped before the tests
+
+
+def test_a_report_path_gets_its_directory_when_the_session_starts(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        from pathlib import Path
+
+        def test_the_directory_is_there():
+            assert Path("deep/er").is_dir()
+        """
+    )
+
+    result = pytester.runpytest("--gradaudit-report=deep/er/report.json")
+
+    result.assert_outcomes(passed=1)
+
+
+def test_a_report_that_cannot_be_written_is_one_error_line_after_the_summary(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(
+        test_unwritable="""
+        import shutil
+        from pathlib import Path
+
+        from gradients import W, loss, right
+
+        def test_right_then_the_directory_goes(gradcheck):
+            gradcheck(loss, W, grad=right)
+            shutil.rmtree("out")
+            Path("out").write_text("")
+        """
+    )
+
+    result = suite.runpytest("--gradaudit-report=out/report.json")
+
+    result.assert_outcomes(passed=1)
+    # The tests passed, but the file asked for is missing.
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        [
+            "*= gradaudit =*",
+            "ok        test_unwritable.py::test_right_then_the_directory_goes  *",
+            "1 check(s), 0 mismatch(es).",
+            "gradaudit: error: could not write the `--gradaudit-report` file"
+            " */out/report.json: */out is a file, not a directory. Give a path you"
+            " can write to.",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_plugin_choices_match_gradaudits() -> None:

@@ -103,6 +103,14 @@ _EMPTY_NAME = (
     "{spec}: nothing follows `::`. Write FILE::NAME to run one check, or FILE alone"
     " to run them all."
 )
+_EMPTY_SOURCE = (
+    "{spec}: the file part before `::` is empty. Write FILE::NAME, with the Python"
+    " file or module that declares the check first, as in checks.py::{name}."
+)
+_EMPTY_TARGET = (
+    "An empty TARGET names no file or module. Pass the path of a Python file, such"
+    " as checks.py, or a dotted module name, such as mypkg.gradchecks."
+)
 _BUILD_FAILED = "{id}: building the check raised {kind}: {message}"
 _CHECK_FAILED = "{id}: cannot run this check: {message}"
 _UNEXPECTED = (
@@ -110,7 +118,17 @@ _UNEXPECTED = (
     " likely a bug in gradaudit; please report it with the traceback below."
 )
 _OUTPUT_IS_DIRECTORY = "--{flag} {path}: is a directory; pass the path of a file."
-_WRITE_FAILED = "--{flag} {path}: cannot write the file: {reason}."
+_OUTPUT_UNDER_FILE = (
+    "--{flag} {path}: {blocker} is a file, not a directory, so the file cannot be"
+    " written there; pass a path in a directory."
+)
+_OUTPUT_NOT_WRITABLE = (
+    "--{flag} {path}: {where} is not writable; pass a path in a directory you can"
+    " write to."
+)
+_WRITE_FAILED = (
+    "--{flag} {path}: cannot write the file: {reason}. Pass a path you can write to."
+)
 
 
 # -- the parser -----------------------------------------------------------------
@@ -252,8 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_demo(json_path: str | None) -> int:
+    """Run `gradaudit demo`: check each bundled example, print its report."""
     from ._check import check
     from ._examples import examples
+
+    # Checked first, so that a bad path does not cost a whole run of the examples.
+    unusable = _output_problem("json", json_path) if json_path else None
+    if unusable:
+        _error(unusable, command="demo")
+        return EXIT_ERROR
 
     reports = {}
     for example in examples():
@@ -265,8 +290,9 @@ def run_demo(json_path: str | None) -> int:
         print(report)
         print()
     if json_path:
-        with open(json_path, "w") as handle:
-            json.dump(reports, handle, indent=2)
+        text = json.dumps(reports, indent=2)
+        if not _write_output("json", json_path, text, command="demo"):
+            return EXIT_ERROR
         print(f"Wrote {len(reports)} reports to {json_path}.")
     return 0
 
@@ -294,7 +320,7 @@ class _Check:
 def run_check(options: argparse.Namespace) -> int:
     """Run `gradaudit check` with parsed options; return the exit status."""
     out = _Console(sys.stdout, _use_colour(options.color, sys.stdout))
-    progress = _Progress(sys.stderr, enabled=sys.stderr.isatty())
+    progress = _Progress(sys.stderr, enabled=_use_progress(sys.stderr))
     overrides = {
         name: getattr(options, name)
         for name in ("mode", "method", "seed", "rtol", "atol")
@@ -306,8 +332,9 @@ def run_check(options: argparse.Namespace) -> int:
         if path
     ]
     for flag, path in outputs:
-        if Path(path).is_dir():
-            _error(_OUTPUT_IS_DIRECTORY.format(flag=flag, path=path))
+        unusable = _output_problem(flag, path)
+        if unusable:
+            _error(unusable)
             return EXIT_ERROR
 
     with Loader() as loader:
@@ -339,12 +366,7 @@ def run_check(options: argparse.Namespace) -> int:
             if flag == "json"
             else _html_text(checks)
         )
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text, encoding="utf-8")
-        except OSError as error:
-            reason = error.strerror or str(error)
-            _error(_WRITE_FAILED.format(flag=flag, path=path, reason=reason))
+        if not _write_output(flag, path, text):
             status = EXIT_ERROR
             continue
         if not options.quiet:
@@ -363,6 +385,9 @@ def _collect(
         try:
             if separator and not name:
                 raise LoadError(_EMPTY_NAME.format(spec=spec))
+            if not source:
+                message = _EMPTY_SOURCE if separator else _EMPTY_TARGET
+                raise LoadError(message.format(spec=spec, name=name))
             key, module = loader.load(source)
             try:
                 declared = declared_targets(vars(module))
@@ -443,9 +468,9 @@ def _status(checks: Sequence[_Check]) -> int:
     return EXIT_OK
 
 
-def _error(message: str, detail: str = "") -> None:
+def _error(message: str, detail: str = "", command: str = "check") -> None:
     """Write an error to stderr: one paragraph, then the user's traceback if any."""
-    text = f"gradaudit check: error: {message}"
+    text = f"gradaudit {command}: error: {message}"
     if detail:
         text += "\n" + detail
     print(text, file=sys.stderr, flush=True)
@@ -514,6 +539,47 @@ def _worst(report: Report) -> str:
     return f"{where} |diff|/tolerance {ratio:.2g}"
 
 
+def _output_problem(flag: str, path: str) -> str | None:
+    """Why the file of `--flag` cannot be written at `path`, or None if it can be.
+
+    Checked before anything runs, so that a mistyped path does not cost a whole run.
+    Nothing is created here: missing directories are made when the file is written.
+    """
+    target = Path(path)
+    if target.is_dir():
+        return _OUTPUT_IS_DIRECTORY.format(flag=flag, path=path)
+    # The closest part of the path that exists must be a directory we may write in.
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return _OUTPUT_UNDER_FILE.format(flag=flag, path=path, blocker=existing)
+    if target.exists() and not os.access(target, os.W_OK):
+        return _OUTPUT_NOT_WRITABLE.format(flag=flag, path=path, where="the file")
+    if not target.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        where = f"the directory {existing}"
+        return _OUTPUT_NOT_WRITABLE.format(flag=flag, path=path, where=where)
+    return None
+
+
+def _write_output(flag: str, path: str, text: str, command: str = "check") -> bool:
+    """Write the file of `--flag`, making missing directories; False if it failed.
+
+    A failure (a full disk, a path changed during the run) is reported as an error
+    line rather than a traceback, so the reports already printed stay readable.
+    """
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        _error(
+            _WRITE_FAILED.format(flag=flag, path=path, reason=reason), command=command
+        )
+        return False
+    return True
+
+
 def _json_text(checks: Sequence[_Check], overrides: dict[str, Any], status: int) -> str:
     data = {
         "schema_version": FILE_SCHEMA_VERSION,
@@ -556,6 +622,15 @@ def _use_colour(choice: str, stream: TextIO) -> bool:
     return stream.isatty()
 
 
+def _use_progress(stream: TextIO) -> bool:
+    """Whether to draw the status line: only on a terminal that is not `dumb`.
+
+    The line is redrawn with ANSI escape codes, which a dumb terminal (an editor's
+    shell buffer, say) prints as they are.
+    """
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
 class _Console:
     """Lines to one stream, with ANSI colours when they are wanted."""
 
@@ -582,7 +657,8 @@ class _Progress:
 
     It is redrawn four times a second from a background thread and erased when the
     check ends, so nothing of it stays in the scrollback. Off unless the stream is a
-    terminal, so logs and pipes never see it.
+    terminal that understands escape codes (see `_use_progress`), so logs and pipes
+    never see it.
     """
 
     def __init__(self, stream: TextIO, enabled: bool) -> None:

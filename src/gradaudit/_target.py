@@ -50,8 +50,13 @@ def option_names() -> tuple[str, ...]:
     )
 
 
-def _check_option_names(names: Mapping[str, Any] | list[str], where: str) -> None:
-    """Refuse option names `check` does not take, suggesting the closest one."""
+def check_option_names(names: Mapping[str, Any] | list[str], where: str) -> None:
+    """Refuse option names `check` does not take, suggesting the closest one.
+
+    `where` names what was given the options, in backticks, such as
+    "`gradaudit.Target`"; the pytest plugin checks its marker's options here too, so
+    that a misspelling gets the same hint wherever it is written.
+    """
     known = option_names()
     unknown = [name for name in names if name not in known]
     if not unknown:
@@ -126,7 +131,7 @@ class Target:
                 f"`grad` must be the hand-written gradient function or None, got"
                 f" {type(grad).__name__}."
             )
-        _check_option_names(options, "`gradaudit.Target`")
+        check_option_names(options, "`gradaudit.Target`")
         object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "args", args)
@@ -149,7 +154,7 @@ class Target:
             InvalidTypeError: an override is not an option of `gradaudit.check`.
             InvalidInputError: whatever `gradaudit.check` raises on bad input.
         """
-        _check_option_names(overrides, "`Target.run`")
+        check_option_names(overrides, "`Target.run`")
         options = {**self.options, **overrides}
         return check(self.loss, self.params, *self.args, grad=self.grad, **options)
 
@@ -338,6 +343,11 @@ _NOT_A_TARGET = (
     "{spec}: is neither a Python file nor a module name. Pass a path ending in"
     " .py, or a dotted module name such as mypkg.gradchecks."
 )
+_NOT_PYTHON = (
+    "{spec}: is a file, but not a Python file: its name does not end in .py. Pass"
+    " the path of a Python file that declares checks (e.g. checks.py; rename this"
+    " one if it is Python), or a dotted module name such as mypkg.gradchecks."
+)
 _NO_MODULE = (
     "{spec}: no module named {missing!r} can be imported. Check the spelling,"
     " install the package, or run from the directory that holds it; to check a"
@@ -401,6 +411,8 @@ class Loader:
                 raise LoadError(message.format(spec=source))
             if path.is_dir():
                 raise LoadError(_DIRECTORY.format(spec=source))
+            if path.suffix != ".py":
+                raise LoadError(_NOT_PYTHON.format(spec=source))
             key = str(path.resolve())
             if key not in self._loaded:
                 self._loaded[key] = self._import_file(path.resolve(), source)
@@ -414,7 +426,10 @@ class Loader:
         except ModuleNotFoundError as error:
             missing = error.name or ""
             if name == missing or name.startswith(missing + "."):
-                raise LoadError(_NO_MODULE.format(spec=name, missing=missing)) from None
+                # `notes.txt` reads as a module name too; if it is a file there, it
+                # is the file the user meant.
+                message = _NOT_PYTHON if Path(name).is_file() else _NO_MODULE
+                raise LoadError(message.format(spec=name, missing=missing)) from None
             raise _import_failed(name, error) from None
         except (Exception, SystemExit) as error:
             raise _import_failed(name, error) from None
@@ -460,7 +475,7 @@ def _import_failed(spec: str, error: BaseException) -> LoadError:
     return LoadError(message, user_traceback(error))
 
 
-def _internal_directories() -> tuple[str, ...]:
+def internal_directories() -> tuple[str, ...]:
     """Where gradaudit, JAX and the import machinery live, to hide from tracebacks."""
     import jax
     import jaxlib
@@ -480,7 +495,7 @@ def user_traceback(error: BaseException) -> str:
     Empty when no frame is the user's, except for a syntax error, whose own lines
     point at the offending line.
     """
-    internal = _internal_directories()
+    internal = internal_directories()
     frames = [
         frame
         for frame in traceback.extract_tb(error.__traceback__)
