@@ -286,6 +286,116 @@ def test_a_dropout_loss_with_a_key_is_differentiated_as_the_session_draws(rng):
         assert report.settings.reference_precision.startswith("float64")
 
 
+def test_draws_that_follow_the_parameters_dtype_are_drawn_as_the_session_does(rng):
+    def loss(w, key):
+        noise = jax.random.normal(key, w.shape, dtype=w.dtype)
+        return jnp.sum((w + 0.1 * noise) ** 2)
+
+    def grad(w, key):
+        noise = np.asarray(jax.random.normal(key, w.shape, dtype=w.dtype))
+        return 2 * (w + 0.1 * noise)
+
+    w = rng.normal(size=8).astype(np.float32)
+    with jax.enable_x64(True):
+        report = gradaudit.check(loss, w, jax.random.key(1), grad=grad)
+    assert report.ok, report.summary()
+    assert report.settings.reference_precision.startswith("float32")
+    with pytest.raises(gradaudit.InvalidInputError, match="draws random numbers"):
+        gradaudit.check(loss, w.astype(jnp.bfloat16), jax.random.key(1), grad=grad)
+
+
+def test_a_float32_reference_does_not_call_a_scaled_gradient_a_kink(rng):
+    # Richardson's float32 step is too coarse for the kink test, so a float32
+    # reference keeps central differences and leaves the dispute unrefereed.
+    def loss(w, x, key):
+        keep = jax.random.bernoulli(key, 0.7, (x.shape[0], w.shape[1]))
+        return jnp.sum((jnp.tanh(x @ w) * keep / 0.7) ** 2)
+
+    def grad(w, x, key):
+        keep = np.asarray(jax.random.bernoulli(key, 0.7, (x.shape[0], w.shape[1])))
+        t = np.tanh(x @ w)
+        return 1.001 * (x.T @ (2 * t * keep / 0.49 * (1 - t**2)))
+
+    w = rng.normal(size=(5, 4)).astype(np.float32)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    report = gradaudit.check(loss, w, x, jax.random.PRNGKey(42), grad=grad)
+    leaf = report.leaves[0]
+    assert leaf.verdict in ("manual_wrong", "manual_or_autodiff"), report.summary()
+    assert leaf.kinks == ()
+    assert leaf.diagnosis.detail["factor"] == pytest.approx(1.001, rel=1e-5)
+
+
+def test_a_custom_rule_that_casts_its_backward_pass_is_judged_in_that_dtype(rng):
+    @jax.custom_vjp
+    def square(x):
+        return x * x
+
+    square.defvjp(lambda x: (x * x, x), lambda x, g: ((2 * x * g).astype(jnp.float32),))
+
+    def loss(w):
+        return jnp.sum(jnp.cos(square(w)))
+
+    w = rng.normal(size=4).astype(np.float32)
+    for grad in (None, lambda w: -np.sin(w * w) * 2 * w):
+        report = gradaudit.check(loss, w, grad=grad)
+        assert report.ok, report.summary()
+        assert report.sources["autodiff"].dtype == "float32"
+        assert any("backward pass computes in float32" in f for f in report.findings)
+
+
+def test_an_invalid_custom_rule_at_a_kink_fails_without_a_hand_written_gradient():
+    @jax.custom_jvp
+    def relu(x):
+        return jnp.maximum(x, 0.0)
+
+    @relu.defjvp
+    def relu_jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return relu(x), jnp.where(x > 0, 1.0, jnp.where(x == 0, 5.0, 0.0)) * t
+
+    def loss(w):
+        return jnp.sum(2.0 * relu(w))
+
+    w = np.array([0.5, 0.0, -1.0])
+    report = gradaudit.check(loss, w)
+    assert report.leaves[0].verdict == "autodiff_vs_fd", report.summary()
+    (kink,) = report.leaves[0].kinks
+    assert "not a valid choice" in kink.autodiff_choice
+
+
+def test_a_nan_in_jax_grad_does_not_hide_a_wrong_hand_written_gradient():
+    def loss(w):
+        # The classic trap: sqrt of the negatives, in the branch where does not
+        # take, makes jax.grad nan there.
+        return jnp.sum(jnp.where(w > 0, jnp.sqrt(w), 0.0) + w**2)
+
+    def grad(w):
+        return np.where(w > 0, 0.5 / np.sqrt(np.abs(w)), 0.0) + 2 * w
+
+    def wrong(w):
+        return grad(w) + np.where(w < 0, w, 0.0)
+
+    w = np.array([0.5, -0.7, 1.2, -0.2])
+    right, buggy = (
+        gradaudit.check(loss, w, grad=grad),
+        gradaudit.check(loss, w, grad=wrong),
+    )
+    assert right.leaves[0].verdict == buggy.leaves[0].verdict == "nonfinite"
+    assert right.pairs["manual-fd"].ok
+    assert buggy.leaves[0].pairs["manual-fd"].mismatched_indices == ((1,), (3,))
+
+
+def test_a_jax_gradient_computing_in_float32_for_float64_params_is_said(rng):
+    w = rng.normal(size=5)
+    with jax.enable_x64(False):
+        report = gradaudit.check(
+            lambda w: jnp.sum(jnp.sin(w)), w, grad=jax.jit(lambda w: jnp.cos(w))
+        )
+    assert report.ok, report.summary()
+    assert report.sources["manual"].dtype == "float32"
+    assert any("computes in float32 for float64" in f for f in report.findings)
+
+
 def test_each_leaf_of_the_hand_written_gradient_keeps_its_own_precision():
     # A float32 leaf beside a float64 one must not loosen the float64 leaf's rtol.
     def loss(p):

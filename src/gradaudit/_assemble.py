@@ -213,17 +213,22 @@ def compare_all(
         reference = (
             estimates_fd["autodiff"].values if "autodiff" in estimates_fd else fd.values
         )
+        fd_referee, unreliable = fd, reliability.unreliable
+        if first == "autodiff" and not manual.available:
+            fd_referee, unreliable = compare.judged_at_kinks(
+                estimates_fd["autodiff"], fd, reliability
+            )
         judgements[name] = compare.judge_pair(
             name,
             fd_probes,
             layout,
             estimates_fd[first],
-            fd,
+            fd_referee,
             reference,
             rtol_on(fd_probes, first, "fd"),
             tolerance,
             floor_fd,
-            reliability.unreliable,
+            unreliable,
         )
 
     fd_position = {int(c): i for i, c in enumerate(fd_probes.coordinates)}

@@ -43,7 +43,7 @@ def nonfinite(found: dict[str, tuple[tuple[int, ...], int]]) -> Diagnosis:
     return Diagnosis(
         "nonfinite",
         parts[0],
-        "; ".join(parts).capitalize() + ".",
+        _sentence("; ".join(parts)),
         {"source": name, "first_index": list(index), "count": count},
     )
 
@@ -149,3 +149,10 @@ def autodiff_cause(check: CheckFacts) -> Diagnosis:
         "The loss has no custom rule of its own and no stop_gradient; a JAX"
         " primitive's derivative at a non-smooth point is the likeliest cause.",
     )
+
+
+def _sentence(text: str) -> str:
+    """`text` as a sentence; a name such as `jax.grad` keeps its lower case."""
+    if not text.startswith("jax."):
+        text = text[:1].upper() + text[1:]
+    return text + "."

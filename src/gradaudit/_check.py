@@ -25,6 +25,7 @@ from ._gradients import (
 )
 from ._loss import (
     LossTrace,
+    draws_in_session,
     evaluate_loss_twice,
     flat_loss_function,
     measure_loss_noise,
@@ -159,13 +160,11 @@ def check(
         raise _option_error(
             f"`precision` must be one of {REFERENCE_DTYPES} or None, got {precision!r}."
         )
-    user_x64 = bool(jax.config.read("jax_enable_x64"))
+    requested = precision
     checked = validate_params(params)
     layout = checked.layout
     wanted = set(sources) if grad is not None else set(sources) - {"manual"}
-    reference, x, data, traced = _traced_reference(
-        loss, checked, args, precision, user_x64
-    )
+    reference, x, data, traced = _traced_reference(loss, checked, args, precision)
 
     # The hand-written gradient runs outside the reference context, so that it
     # sees the user's own JAX settings, exactly as written. Its second run in
@@ -331,10 +330,17 @@ def check(
             return judged(rechecked), rechecked, unstable
 
         comparison, fd, unstable = settled(fd, method)
-        if fd is not None and method == "central" and _unrefereed(comparison.leaves):
+        if (
+            fd is not None
+            and method == "central"
+            and precision == "float64"
+            and _unrefereed(comparison.leaves)
+        ):
             # Central differences could not say whether the hand-written gradient
             # or jax.grad is right; Richardson extrapolation, with a far smaller
-            # truncation error, usually can. Only a failing check pays for it.
+            # truncation error, usually can. Only a failing check pays for it. Not
+            # in float32, whose Richardson step (eps ** (1/5), 4% of each
+            # parameter) is so coarse that smooth curvature passes the kink test.
             method_used = "richardson"
             comparison, fd, unstable = settled(
                 differenced(method_used, plan.probes, step), method_used
@@ -381,8 +387,23 @@ def check(
         for name, s in found.items()
     }
     findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, precision)
-    if traced.draws_random and not user_x64:
-        findings.insert(0, _random_draws_finding(precision))
+    if traced.draws_random and reference != (requested or "float64"):
+        findings.insert(0, _RANDOM_DRAWS_FINDING)
+    autodiff = found["autodiff"]
+    if autodiff.available and autodiff.dtype != np.dtype(loss_dtype).name:
+        findings.append(
+            f"jax.grad's backward pass computes in {autodiff.dtype} (a custom rule"
+            " casts to it), although the loss does not, so the pairs with jax.grad"
+            f" are judged with {autodiff.dtype}'s tolerance."
+        )
+    manual = found["manual"]
+    params_dtype = lowest_precision(*checked.dtypes).name
+    if manual.available and epsilon(manual.dtype) > epsilon(params_dtype):
+        findings.append(
+            f"The hand-written gradient computes in {manual.dtype} for"
+            f" {params_dtype} parameters (with x64 off, JAX code computes in"
+            f" float32), so it was judged with {manual.dtype}'s tolerance."
+        )
     if unstable:
         findings.append(
             f"Finite differences at {unstable} element(s) or direction(s) disagreed"
@@ -420,13 +441,16 @@ def _traced_reference(
     checked: Params,
     args: tuple[Any, ...],
     precision: str | None,
-    user_x64: bool,
 ) -> tuple[str, np.ndarray, tuple[Any, ...], LossTrace]:
     """The reference precision, the point and data in it, and the loss traced there.
 
-    float64 unless asked otherwise, or unless the loss draws random numbers while
-    x64 is off in the user's session: then float32, the only precision in which
-    `jax.random` draws what it draws for the user.
+    float64 unless asked otherwise. A loss that draws random numbers must draw the
+    same ones in the reference as in the user's session, which a float64 reference
+    does not when x64 is off there (or the draws follow a float32 parameter's
+    dtype); float32 is tried next.
+
+    Raises:
+        InvalidInputError: no reference precision draws what the session draws.
     """
 
     def traced_in(reference: str) -> tuple[str, np.ndarray, tuple[Any, ...], LossTrace]:
@@ -436,29 +460,42 @@ def _traced_reference(
             return reference, x, data, trace_loss(loss, checked.layout, x, data)
 
     chosen = traced_in(precision or "float64")
-    if precision is None and chosen[3].draws_random and not user_x64:
-        return traced_in("float32")
-    return chosen
-
-
-def _random_draws_finding(precision: str) -> str:
-    """What a loss that draws random numbers, in a session with x64 off, implies."""
-    if precision == "float32":
-        return (
-            "The loss draws random numbers with jax.random, which draws other"
-            " numbers from the same key when x64 is on. x64 is off in this session,"
-            " so jax.grad and finite differences ran as a float32 reference with"
-            " x64 off, as your code runs, with float32's tolerances. For a float64"
-            " reference, turn x64 on around the check, or draw the random numbers"
-            " outside the loss and pass them in `args`."
+    if not chosen[3].draws_random:
+        return chosen
+    in_session = draws_in_session(loss, checked.native_tree(), args)
+    if in_session is None or chosen[3].draws == in_session:
+        return chosen
+    if precision is not None:
+        raise InvalidInputError(
+            f"The loss draws random numbers with jax.random, and a {precision}"
+            " reference (`precision=...`) would draw other numbers from the same"
+            " key than your session does, so it would not differentiate the loss"
+            " your session computes. Leave `precision` unset, draw the random"
+            " numbers outside the loss and pass them through `args`, or draw them"
+            " in a fixed dtype (`dtype=jnp.float32`)."
         )
-    return (
-        "The loss draws random numbers with jax.random. The float64 reference runs"
-        " with x64 on, where the same key may draw other numbers than in this"
-        " session (x64 off), so a hand-written gradient that draws its own can"
-        " seem wrong. Leave `precision` unset to differentiate such a loss in"
-        " float32, as this session runs it."
+    fallback = traced_in("float32")
+    if fallback[3].draws == in_session:
+        return fallback
+    raise InvalidInputError(
+        "The loss draws random numbers with jax.random, and draws other numbers"
+        " from the same key in a float64 or float32 evaluation than in your session"
+        f" (the parameters are {', '.join(sorted({d.name for d in checked.dtypes}))}"
+        " there; a draw with `dtype=` following them changes with their dtype). No"
+        " reference can differentiate the loss your session computes. Draw the"
+        " random numbers outside the loss and pass them through `args`, or draw"
+        " them in a fixed dtype (`dtype=jnp.float32`)."
     )
+
+
+_RANDOM_DRAWS_FINDING = (
+    "The loss draws random numbers with jax.random, which would draw other numbers"
+    " from the same key in a float64 reference than in this session, so jax.grad"
+    " and finite differences ran as a float32 reference with x64 off, drawing what"
+    " your code draws, with float32's tolerances. For a float64 reference, turn x64"
+    " on around the check (with draws in a fixed dtype), or draw the random numbers"
+    " outside the loss and pass them in `args`."
+)
 
 
 def _unrefereed(leaves: list[Any]) -> bool:

@@ -121,6 +121,10 @@ def judge_pair(
     excused: np.ndarray | None = None,
 ) -> PairJudgement:
     """Apply the tolerance rule (see `_tolerance`) to every probe of one pair."""
+    # A reference that is not finite (jax.grad's NaN where the pair does not
+    # involve it) would make every tolerance nan, and nan tolerates anything.
+    reference = np.where(np.isfinite(reference), reference, second.values)
+    reference = np.where(np.isfinite(reference), reference, first.values)
     with np.errstate(invalid="ignore"):
         diff = np.abs(first.values - second.values)
         # A finite difference's departure from smoothness is also error it may
@@ -175,6 +179,33 @@ def is_valid_choice(
 ) -> np.ndarray:
     low, high = np.minimum(left, right), np.maximum(left, right)
     return np.isfinite(value) & (value >= low - slack) & (value <= high + slack)
+
+
+def judged_at_kinks(
+    gradient: Estimates, fd: Estimates, reliability: FdReliability
+) -> tuple[Estimates, np.ndarray]:
+    """Finite differences as a referee that also judges choices at kinks.
+
+    Without a hand-written gradient, `jax.grad` (a custom rule, say) is what is
+    under test, and at a kink its value must still be a valid choice. Where it is
+    not, the element is judged against the nearest one-sided slope instead of
+    being left out, so that an invalid custom rule fails.
+
+    Returns:
+        The referee's estimates and the mask of probes still left out.
+    """
+    slack = fd.noise
+    invalid = reliability.kink & ~is_valid_choice(
+        gradient.values, fd.left, fd.right, slack
+    )
+    if not invalid.any():
+        return fd, reliability.unreliable
+    low, high = np.minimum(fd.left, fd.right), np.maximum(fd.left, fd.right)
+    nearest = np.clip(gradient.values, low, high)
+    values = np.where(invalid, nearest, fd.values)
+    kink = np.where(invalid, 0.0, fd.kink)
+    referee = dataclasses.replace(fd, values=values, kink=kink)
+    return referee, reliability.unreliable & ~invalid
 
 
 OneSidedSlopes = Callable[[np.ndarray], tuple[float, float, float]]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._loss import LossTrace, copied_args
 from ._paths import LeafLayout
-from ._precision import is_floating, lowest_precision
+from ._precision import is_floating, lowest_precision, narrowing_casts
 from ._sources import (
     Source,
     autodiff_gradient,
@@ -41,11 +41,21 @@ def autodiff_source(
         return unavailable("autodiff", f"the loss is {traced.reason}"), None
     try:
         high, low = autodiff_gradient(flat_loss, x, probe_float32)
+        # A custom rule's backward pass can cast to float32 where the forward pass
+        # does not; the loss's own jaxpr does not show it, the gradient's does.
+        backward = jax.make_jaxpr(jax.grad(flat_loss))(jnp.asarray(x))
+        narrowing = narrowing_casts(backward.jaxpr, x.dtype.name)
     except Exception as error:
         first_line = str(error).splitlines()[0][:200] if str(error) else ""
         reason = f"jax.grad failed: {type(error).__name__}: {first_line}"
         return unavailable("autodiff", reason), None
-    return Source("autodiff", True, "jax.grad", np.dtype(loss_dtype).name, high), low
+    dtype = lowest_precision(loss_dtype, *narrowing).name
+    note = "jax.grad" + (
+        f" (its backward pass computes in {', '.join(sorted(narrowing))})"
+        if narrowing and dtype != np.dtype(loss_dtype).name
+        else ""
+    )
+    return Source("autodiff", True, note, dtype, high), low
 
 
 def manual_source(

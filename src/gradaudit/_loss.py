@@ -142,7 +142,11 @@ class LossTrace:
     narrowing: tuple[str, ...]
     fd_note: str
     rules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    draws_random: bool = False
+    draws: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def draws_random(self) -> bool:
+        return bool(self.draws)
 
 
 def trace_loss(
@@ -189,7 +193,7 @@ def trace_loss(
         narrowing,
         "one jitted program on the device",
         special_rules(closed.jaxpr),
-        draws_random(closed.jaxpr),
+        random_draws(closed.jaxpr),
     )
 
 
@@ -199,19 +203,40 @@ _RANDOM_PRIMITIVES = frozenset(
 )
 
 
-def draws_random(jaxpr: Any) -> bool:
-    """Whether a jaxpr, sub-jaxprs included, draws random numbers from a key.
+def random_draws(jaxpr: Any) -> tuple[tuple[str, ...], ...]:
+    """The random bits a jaxpr draws from keys, sub-jaxprs included, in order.
 
-    What `jax.random` draws with a default dtype depends on whether x64 is on (a
-    float64 uniform consumes other bits than a float32 one), so the same key gives
-    a loss with dropout another mask under gradaudit's float64 reference than in
-    the user's session.
+    Each draw is named by its primitive and the dtype and shape of the bits it
+    makes. What `jax.random` draws depends on the dtype it draws for (a float64
+    uniform takes 64 bits a number, a float32 one 32), which follows x64 and, with
+    `dtype=w.dtype`, the parameters. Two traces of a loss draw the same numbers
+    from the same key exactly when these signatures match.
     """
-    return any(
-        eqn.primitive.name in _RANDOM_PRIMITIVES
-        or any(draws_random(sub) for sub in jaxprs_in_params(eqn.params))
-        for eqn in jaxpr.eqns
-    )
+    found: list[tuple[str, ...]] = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _RANDOM_PRIMITIVES:
+            found.append(
+                (eqn.primitive.name,)
+                + tuple(f"{v.aval.dtype}{list(v.aval.shape)}" for v in eqn.outvars)
+            )
+        for sub in jaxprs_in_params(eqn.params):
+            found.extend(random_draws(sub))
+    return tuple(found)
+
+
+def draws_in_session(
+    loss: Callable[..., Any], native_params: Any, args: tuple[Any, ...]
+) -> tuple[tuple[str, ...], ...] | None:
+    """The random draws of the loss as the user's own session runs it.
+
+    Traced with the user's parameters in their own dtypes and the user's JAX
+    settings; None when it cannot be traced that way.
+    """
+    try:
+        closed = jax.make_jaxpr(lambda p: loss(p, *device_args(args)))(native_params)
+    except Exception:  # then only the reference's own trace can tell
+        return None
+    return random_draws(closed.jaxpr)
 
 
 class _NotBatchable(Exception):
