@@ -409,6 +409,34 @@ def test_each_leaf_of_the_hand_written_gradient_keeps_its_own_precision():
     assert [leaf.path for leaf in report.failing_leaves] == ["['b']"]
 
 
+def test_routing_a_tie_to_every_input_fails_where_jax_grad_agrees_on_some():
+    # jax.grad sends the tie of a top-3 sum to two of the three tied inputs; the
+    # hand-written gradient sends it to all three, agreeing with jax.grad on two.
+    def loss(v):
+        return jnp.sum(jax.lax.top_k(v, 3)[0])
+
+    def to_every_tie(v):
+        return (v >= np.sort(v)[-3]).astype(v.dtype)
+
+    v = np.array([4.0, 5.0, 1.0, 4.0, 0.5, 4.0])
+    report = gradaudit.check(loss, v, grad=to_every_tie)
+    assert report.leaves[0].verdict == "manual_kink", report.summary()
+
+
+def test_a_leaf_with_a_far_smaller_gradient_is_judged_on_its_own_scale():
+    # The gradient of a parameter near 1e6 is some 1e12 times smaller than that of
+    # one near 1e-6; an error in it must not hide under the larger leaf's scale.
+    def loss(p):
+        return jnp.sum(jnp.sin(p["tiny"] * 1e6)) + jnp.sum(jnp.log(p["huge"]))
+
+    def grad(p):
+        return {"tiny": 1e6 * np.cos(p["tiny"] * 1e6), "huge": 1.01 / p["huge"]}
+
+    params = {"tiny": np.array([1.1e-6, 2.3e-6]), "huge": np.array([2.4e6, 3.1e6])}
+    report = gradaudit.check(loss, params, grad=grad)
+    assert [leaf.path for leaf in report.failing_leaves] == ["['huge']"]
+
+
 def kink_near(point, distance, jump=1.0):
     """A loss of one weight with a jump in slope `distance` away from `point`."""
     corner = point + distance

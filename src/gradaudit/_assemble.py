@@ -125,6 +125,7 @@ def compare_all(
                 np.concatenate(
                     [fd_probes.coordinates, np.zeros(n_fd - coordinate.sum(), np.int64)]
                 ),
+                fd_probes.leaf_numbers(layout),
             )
             excused_all[fd_probes.coordinates[excused[coordinate]]] = True
             manual_valid = compare.is_valid_choice(

@@ -50,6 +50,11 @@ class PairJudgement:
     excused: np.ndarray
 
 
+# A leaf's gradient at most this fraction of the largest leaf's is zero up to the
+# rounding of float64 sums that the two may share.
+_ZERO_LEAF = 64 * float(np.finfo(np.float64).eps)
+
+
 @dataclasses.dataclass(frozen=True)
 class FdReliability:
     """Where finite differences can be trusted, on the finite-difference probes."""
@@ -76,10 +81,14 @@ def leaf_scales(
         for leaf in range(len(layout.paths)):
             values = np.abs(fd.values[(leaf_of == leaf) & coordinate])
             scales[leaf] = np.max(values[np.isfinite(values)], initial=0.0)
-    # A leaf whose gradient is exactly zero borrows a small share of the largest
-    # leaf's scale, so that rounding-level values there are not judged as errors.
+    # A leaf whose gradient is zero, to the rounding of the largest, borrows a
+    # small share of the largest leaf's scale, so that rounding-level values there
+    # are not judged as errors. Any other leaf keeps its own scale: a parameter of
+    # size 1e6 beside one of 1e-6 has a gradient 1e12 times smaller, and errors in
+    # it must count on its own scale.
     overall = scales.max(initial=0.0)
-    return np.maximum(scales, 1e-3 * overall)
+    zero = scales <= _ZERO_LEAF * overall
+    return np.where(zero, np.maximum(scales, 1e-3 * overall), scales)
 
 
 def probe_floor(
@@ -222,6 +231,7 @@ def excuse_kinks(
     one_sided: OneSidedSlopes,
     size: int,
     coordinates: np.ndarray,
+    leaf_of: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, bool]]:
     """Decide where manual and autodiff may differ because both made a valid choice.
 
@@ -250,11 +260,19 @@ def excuse_kinks(
     if not candidates.any():
         return np.zeros_like(candidates), joint
 
+    # Each group holds every kink coordinate of a leaf where the two disagree, not
+    # only the disagreeing ones: where jax.grad routes a tie to one input, the
+    # hand-written gradient that routes it to all agrees with it there, and only
+    # the whole group shows the excess.
     convex = fd.right >= fd.left
-    for group in (candidates & convex, candidates & ~convex):
+    groups = [
+        kink & (leaf_of == leaf) & side
+        for leaf in np.unique(leaf_of[candidates])
+        for side in (convex, ~convex)
+        if (candidates & (leaf_of == leaf) & side).any()
+    ]
+    for group in groups:
         positions = np.flatnonzero(group)
-        if not positions.size:
-            continue
         weights = coordinate_scale[positions]
         direction = np.zeros(size)
         direction[coordinates[positions]] = weights
