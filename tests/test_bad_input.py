@@ -584,3 +584,21 @@ def test_a_loss_jax_traces_but_cannot_batch_runs_on_the_host() -> None:
     assert not report.sources["autodiff"].available
     assert "not batchable by jax.vmap" in report.findings[0]
     assert not gradaudit.check(loss, w, grad=lambda w: 2.1 * w).ok
+
+
+def test_a_loss_failing_only_inside_a_compiled_program_is_named() -> None:
+    # As when a function jax.jit compiled with x64 off fails again with x64 on.
+    from gradaudit._loss import flat_loss_function
+    from gradaudit._validate import validate_params
+
+    def loss(w: Any) -> Any:
+        if isinstance(w, jax.core.Tracer):
+            raise RuntimeError("cannot run under a transformation")
+        return jnp.sum(w**2)
+
+    layout = validate_params(np.array([0.5, -1.0])).layout
+    flat = flat_loss_function(loss, layout, (), traceable=True)
+    with pytest.raises(SourceFailedError, match="RuntimeError: cannot run") as info:
+        jax.jit(flat)(jnp.array([0.5, -1.0]))
+    assert info.value.source == "loss"
+    assert isinstance(info.value.__cause__, RuntimeError)

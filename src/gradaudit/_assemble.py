@@ -214,11 +214,15 @@ def compare_all(
         reference = (
             estimates_fd["autodiff"].values if "autodiff" in estimates_fd else fd.values
         )
-        fd_referee, unreliable = fd, reliability.unreliable
+        # A gradient's own nan or inf is judged even where finite differences are
+        # left out: it is a failure of that gradient, whatever the referee.
+        fd_referee = fd
+        unreliable = reliability.unreliable & np.isfinite(estimates_fd[first].values)
         if first == "autodiff" and not manual.available:
-            fd_referee, unreliable = compare.judged_at_kinks(
+            fd_referee, at_kinks = compare.judged_at_kinks(
                 estimates_fd["autodiff"], fd, reliability
             )
+            unreliable &= at_kinks
         judgements[name] = compare.judge_pair(
             name,
             fd_probes,

@@ -386,6 +386,8 @@ def _missing_term(fit: _Fit) -> Diagnosis | None:
         ("constant", np.ones_like(param), _constant_text),
     ]
     for name, basis, text in candidates:
+        if name == "l1" and np.unique(basis).size == 1:
+            continue  # every sign alike: the constant term says the same, plainly
         factor = fit.factor_against(basis)
         if factor is None or factor == 0:
             continue
@@ -593,12 +595,28 @@ def _no_pattern(fit: _Fit) -> Diagnosis:
         relative = np.abs(fit.m - fit.r) / np.abs(fit.r)
     relative = relative[fit.over]
     count = int(fit.over.sum())
+    if fit.informative < 2:
+        evidence = (
+            f"Relative error {_fmt(np.nanmax(relative))}. With one informative"
+            " element there is no pattern to tell: any factor explains one value."
+        )
+        if fit.m.size == 1 and fit.r[0] != 0:
+            evidence += (
+                f" The hand-written value is {_factor_text(fit.m[0] / fit.r[0])}"
+                f" times {fit.name}'s (a chain factor left out, as for a parameter"
+                " kept in log space?)."
+            )
+    else:
+        evidence = (
+            f"Relative error among them: median {_fmt(np.nanmedian(relative))},"
+            f" largest {_fmt(np.nanmax(relative))}. No constant factor, transpose,"
+            " swap with another leaf, regularisation term or region explains the"
+            " difference."
+        )
     return Diagnosis(
         "no_pattern",
         f"no simple pattern: {count} of {fit.m.size} judged elements disagree",
-        f"Relative error among them: median {_fmt(np.nanmedian(relative))}, largest"
-        f" {_fmt(np.nanmax(relative))}. No constant factor, transpose, swap with"
-        " another leaf, regularisation term or region explains the difference.",
+        evidence,
         {"mismatched": count},
     )
 

@@ -3,9 +3,10 @@ the precision it really computes in."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -294,16 +295,48 @@ def flat_loss_function(
     traceable: bool,
     host_arrays: str = "numpy",
 ) -> Callable[[Any], Any]:
-    """The loss as a function of one flat vector: traced, or called from Python."""
+    """The loss as a function of one flat vector: traced, or called from Python.
+
+    The loss already ran once when called directly; if it raises here, inside a
+    compiled, batched or differentiated program, that is named as such.
+    """
     if traceable:
-        # The output takes the input's dtype, so the same function serves the
-        # float64 reference and the float32 sensitivity probe.
-        return lambda flat: jnp.asarray(
-            loss(layout.unflatten(flat), *device_args(args))
-        ).astype(flat.dtype)
-    return lambda flat: float(
-        loss(_host_tree(layout, flat, host_arrays), *copied_args(args))
-    )
+
+        def traced(flat: Any) -> Any:
+            # The output takes the input's dtype, so the same function serves the
+            # float64 reference and the float32 sensitivity probe.
+            with _named_failure("traced by jax.jit, jax.vmap or jax.grad"):
+                value = loss(layout.unflatten(flat), *device_args(args))
+            return jnp.asarray(value).astype(flat.dtype)
+
+        return traced
+
+    def on_host(flat: Any) -> float:
+        with _named_failure("called at a point near `params`"):
+            return float(
+                loss(_host_tree(layout, flat, host_arrays), *copied_args(args))
+            )
+
+    return on_host
+
+
+@contextlib.contextmanager
+def _named_failure(how: str) -> Iterator[None]:
+    """Turn an error of the loss, evaluated by gradaudit, into a named one."""
+    try:
+        yield
+    except SourceFailedError:
+        raise
+    except Exception as error:
+        raise SourceFailedError(
+            f"When {how} in gradaudit's reference, the loss raised"
+            f" {_first_line(error).rstrip('.')}. It ran when called directly at"
+            " `params`, so look"
+            " for code that behaves differently under those transformations or"
+            " with x64 on (a function jax.jit compiled with x64 off can fail when"
+            " called again with x64 on, in the same process).",
+            source="loss",
+        ) from error
 
 
 # A relative perturbation of 2**-14 moves a float32 loss by hundreds of its ulps,
