@@ -160,7 +160,6 @@ def check(
         raise _option_error(
             f"`precision` must be one of {REFERENCE_DTYPES} or None, got {precision!r}."
         )
-    requested = precision
     checked = validate_params(params)
     layout = checked.layout
     wanted = set(sources) if grad is not None else set(sources) - {"manual"}
@@ -176,8 +175,7 @@ def check(
             grad, checked, args, measure_rounding=not traced.draws_random
         )
 
-    precision = reference
-    with reference_precision(precision):
+    with reference_precision(reference):
         loss_value = evaluate_loss_twice(loss, layout, x, data)
         loss_dtype = lowest_precision(traced.loss_dtype, _float_or_64(loss_value.dtype))
         flat_loss = flat_loss_function(
@@ -333,7 +331,7 @@ def check(
         if (
             fd is not None
             and method == "central"
-            and precision == "float64"
+            and reference == "float64"
             and _unrefereed(comparison.leaves)
         ):
             # Central differences could not say whether the hand-written gradient
@@ -373,7 +371,7 @@ def check(
         floor_fraction=floor_fraction,
         noise_ulps=noise_ulps,
         seed=seed,
-        reference_precision=f"{precision} (matmul precision highest)",
+        reference_precision=f"{reference} (matmul precision highest)",
         loss_precision=np.dtype(loss_dtype).name,
         loss_noise=loss_noise,
         samples_per_leaf=samples_per_leaf if "sampled" in plan.mode else None,
@@ -386,8 +384,8 @@ def check(
         name: SourceInfo(name, s.available, s.dtype if s.available else None, s.reason)
         for name, s in found.items()
     }
-    findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, precision)
-    if traced.draws_random and reference != (requested or "float64"):
+    findings = _findings(traced, checked, leaves, loss_noise, loss_dtype, reference)
+    if traced.draws_random and reference != (precision or "float64"):
         findings.insert(0, _RANDOM_DRAWS_FINDING)
     autodiff = found["autodiff"]
     if autodiff.available and autodiff.dtype != np.dtype(loss_dtype).name:

@@ -252,10 +252,7 @@ def excuse_kinks(
         whether its choices passed the joint test.
     """
     candidates = kink & disagree
-    valid = {
-        "manual": is_valid_choice(manual.values, fd.left, fd.right, slack),
-        "autodiff": is_valid_choice(autodiff.values, fd.left, fd.right, slack),
-    }
+    manual_valid = is_valid_choice(manual.values, fd.left, fd.right, slack)
     joint = {"manual": True, "autodiff": True}
     if not candidates.any():
         return np.zeros_like(candidates), joint
@@ -287,7 +284,7 @@ def excuse_kinks(
     # is excused even where jax.grad made none (JAX splits the gradient of
     # `jnp.maximum` at a tie in half, which is no one-sided slope of a composed
     # kink); the kink notes say which choice each source made.
-    excused = candidates & valid["manual"]
+    excused = candidates & manual_valid
     if not joint["manual"]:
         excused[:] = False
     return excused, joint

@@ -40,10 +40,9 @@ def autodiff_source(
     if not traced.ok:
         return unavailable("autodiff", f"the loss is {traced.reason}"), None
     try:
-        high, low = autodiff_gradient(flat_loss, x, probe_float32)
+        high, low, backward = autodiff_gradient(flat_loss, x, probe_float32)
         # A custom rule's backward pass can cast to float32 where the forward pass
         # does not; the loss's own jaxpr does not show it, the gradient's does.
-        backward = jax.make_jaxpr(jax.grad(flat_loss))(jnp.asarray(x))
         narrowing = narrowing_casts(backward.jaxpr, x.dtype.name)
     except Exception as error:
         first_line = str(error).splitlines()[0][:200] if str(error) else ""

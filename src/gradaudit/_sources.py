@@ -211,23 +211,26 @@ def rounding_sensitivity(
 
 def autodiff_gradient(
     flat_loss: Callable[[Any], Any], x: np.ndarray, probe_float32: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """`jax.grad` of the flat loss at `x` in float64, and again in float32.
 
     Must be called in the reference-precision context. The float32 evaluation, run
     with x64 off, only measures rounding sensitivity; it is None if it fails or
-    `probe_float32` is False.
+    `probe_float32` is False. The jaxpr of the gradient comes back too, traced
+    once for both, so that its precision can be read.
     """
-    high = np.asarray(jax.jit(jax.grad(flat_loss))(jnp.asarray(x)), np.float64)
+    traced = jax.jit(jax.grad(flat_loss)).trace(jnp.asarray(x))
+    high = np.asarray(traced.lower().compile()(jnp.asarray(x)), np.float64)
     if x.dtype != np.float64 or not probe_float32:
-        return high, None  # a float32 reference has no higher precision to probe
+        # A float32 reference has no higher precision to probe.
+        return high, None, traced.jaxpr
     try:
         with jax.enable_x64(False):
             low32 = jax.jit(jax.grad(flat_loss))(jnp.asarray(x, jnp.float32))
             low = np.asarray(low32, np.float64)
     except Exception:  # any failure only costs the sensitivity estimate
         low = None
-    return high, low
+    return high, low, traced.jaxpr
 
 
 def step_scales(x: np.ndarray, layout: LeafLayout) -> np.ndarray:
